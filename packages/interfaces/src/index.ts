@@ -1,0 +1,148 @@
+/**
+ * The small interfaces Ferry's components are built from. No runtime code lives here: each
+ * interface has a memory implementation beside its real one, and both pass one conformance suite.
+ *
+ * Digests are always canonical `sha256:<64 lowercase hex>` strings that `@ferry/oci` validated.
+ */
+import type { Readable } from 'node:stream'
+
+/** What is known of committed content. */
+export interface BlobInfo {
+  digest: string
+  size: number
+}
+
+/** A byte range of a blob: `start` inclusive, `end` exclusive. */
+export interface ByteRange {
+  start: number
+  end: number
+}
+
+/**
+ * Content-addressed bytes on this node. Content becomes visible under its digest only after
+ * `BlobWriter.commit()` has checked every byte against it.
+ */
+export interface BlobStore {
+  stat(digest: string): Promise<BlobInfo | undefined>
+  /** A stream of committed content, or undefined when the blob is not here. */
+  open(digest: string, range?: ByteRange): Promise<Readable | undefined>
+  /** Starts writing content expected to hash to `digest`. Concurrent ingests of one digest are allowed. */
+  ingest(digest: string, expectedSize?: number): Promise<BlobWriter>
+  delete(digest: string): Promise<boolean>
+  list(): AsyncIterable<BlobInfo>
+  /** Bytes held by committed content. */
+  usage(): Promise<number>
+}
+
+/** A blob being written. It hashes what it is given and commits only when the digest matches. */
+export interface BlobWriter {
+  readonly digest: string
+  /** Bytes accepted so far. */
+  readonly written: number
+  write(chunk: Uint8Array): Promise<void>
+  /**
+   * Reads back bytes already written, `[start, end)` with `end <= written`, so that followers of an
+   * in-progress download can stream it before it is committed.
+   */
+  readWritten(range: ByteRange): Readable
+  /** Checks size and digest; on success the content is durable and visible, else it is discarded and this throws. */
+  commit(): Promise<BlobInfo>
+  /** Discards everything written. Safe to call more than once and after a failed commit. */
+  abort(): Promise<void>
+}
+
+/** Last confirmed answer of an upstream for `registry/repository:tag`. */
+export interface TagRecord {
+  digest: string
+  mediaType: string
+  size: number
+  /** Epoch milliseconds when an upstream last confirmed this digest. */
+  confirmedAt: number
+}
+
+/** What Ferry remembers of committed content beyond its bytes. */
+export interface BlobRecord {
+  size: number
+  /** Set for manifests and indexes: the media type to serve them with. */
+  mediaType?: string
+  /** Epoch milliseconds. */
+  storedAt: number
+  lastAccess: number
+}
+
+export interface TagKey {
+  registry: string
+  repository: string
+  tag: string
+}
+
+export interface MetadataStore {
+  getTag(key: TagKey): Promise<TagRecord | undefined>
+  putTag(key: TagKey, record: TagRecord): Promise<void>
+  getBlob(digest: string): Promise<BlobRecord | undefined>
+  putBlob(digest: string, record: BlobRecord): Promise<void>
+  deleteBlob(digest: string): Promise<void>
+  listBlobs(): AsyncIterable<[string, BlobRecord]>
+  close(): Promise<void>
+}
+
+export type ContentKind = 'blob' | 'manifest'
+
+/** A request for content by digest, possibly resuming at `offset`. */
+export interface FetchRequest {
+  kind: ContentKind
+  /** Registry host as named in image references, e.g. `harbor.example.com` or `docker.io`. */
+  registry: string
+  repository: string
+  digest: string
+  /** First byte wanted; a source that cannot start there must throw. */
+  offset: number
+  signal: AbortSignal
+}
+
+/** Bytes a source answered with, starting at `offset` of a blob of `size` bytes. */
+export interface FetchedContent {
+  size: number
+  offset: number
+  mediaType?: string
+  body: Readable
+}
+
+/**
+ * One place content by digest can come from: a region peer or an upstream registry.
+ * `fetch` resolves to undefined when the source does not have the content, and throws when it failed.
+ */
+export interface BlobSource {
+  /** Metric label: `peer` or `upstream:<name>`. */
+  readonly name: string
+  fetch(request: FetchRequest): Promise<FetchedContent | undefined>
+  /** Tells the source that content it served failed verification, so it can penalise where it came from. */
+  reportCorrupt?(request: FetchRequest): void
+}
+
+/** Where peers that hold a blob are found. */
+export interface ContentRouter {
+  provide(digest: string): Promise<void>
+  withdraw(digest: string): Promise<void>
+  findProviders(digest: string, options: { signal: AbortSignal }): AsyncIterable<ProviderRecord>
+}
+
+export interface ProviderRecord {
+  peerId: string
+  /** Addresses the provider's blob transfer service answers on, e.g. `https://10.0.0.5:5053`. */
+  addresses: string[]
+}
+
+/** A clock tests can control. */
+export interface Clock {
+  now(): number
+}
+
+/** The logging calls libraries make; pino's logger satisfies it. */
+export interface Logger {
+  debug(object: object, message?: string): void
+  info(object: object, message?: string): void
+  warn(object: object, message?: string): void
+  error(object: object, message?: string): void
+  child(bindings: Record<string, unknown>): Logger
+}

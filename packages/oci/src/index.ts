@@ -1,0 +1,7 @@
+export * from './errors.js'
+export * from './digest.js'
+export * from './names.js'
+export * from './media-types.js'
+export * from './manifest.js'
+export * from './oci-error-codes.js'
+export * from './range.js'
