@@ -146,3 +146,27 @@ export interface Logger {
   error(object: object, message?: string): void
   child(bindings: Record<string, unknown>): Logger
 }
+
+/** What an upstream registry tells of a manifest without its bytes. */
+export interface ManifestDescriptor {
+  digest: string
+  mediaType: string
+  size: number
+}
+
+/** A registry Ferry pulls from: content by digest like any source, plus tags and manifests. */
+export interface UpstreamSource extends BlobSource {
+  /** undefined when the upstream says the tag does not exist; throws when it could not answer. */
+  resolveTag(repository: string, tag: string, options: { signal: AbortSignal }): Promise<ManifestDescriptor | undefined>
+  fetchManifest(
+    repository: string,
+    reference: string,
+    options: { signal: AbortSignal },
+  ): Promise<{ bytes: Buffer; mediaType: string; digest: string } | undefined>
+}
+
+/** Tells the region that this node holds content (DHT provide); failures are logged, never fatal. */
+export interface ContentAnnouncer {
+  announce(digest: string): void
+  withdraw(digest: string): void
+}

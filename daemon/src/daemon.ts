@@ -1,0 +1,128 @@
+import { mkdir } from 'node:fs/promises'
+import { join } from 'node:path'
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
+import { pino, type Logger as PinoLogger } from 'pino'
+import { Gauge, Registry, collectDefaultMetrics } from 'prom-client'
+import type { Clock } from '@ferry/interfaces'
+import { Mirror, createMirrorMetrics } from '@ferry/mirror'
+import { MAX_PATH_LENGTH, ociErrorHandler, ociNotFoundHandler, registerRegistryApi } from '@ferry/registry-api'
+import { DiskBlobStore, LevelMetadataStore } from '@ferry/store'
+import { UpstreamRegistry, createUpstreamMetrics } from '@ferry/upstream'
+import type { FerryConfig } from './config.js'
+
+export interface DaemonOptions {
+  logger?: PinoLogger
+  clock?: Clock
+}
+
+export interface RunningDaemon {
+  /** Base URL of the mirror API, e.g. http://127.0.0.1:5050. */
+  url: string
+  port: number
+  app: FastifyInstance
+  metrics: Registry
+  close(): Promise<void>
+}
+
+/** Wires the components from the validated config and starts serving. */
+export async function startDaemon(config: FerryConfig, options: DaemonOptions = {}): Promise<RunningDaemon> {
+  const logger = options.logger ?? pino({ level: config.log.level, base: { service: 'ferry' } })
+  const clock = options.clock ?? { now: () => Date.now() }
+  await mkdir(config.dataDir, { recursive: true })
+  const blobStore = await DiskBlobStore.open(config.dataDir)
+  const metadata = await LevelMetadataStore.open(join(config.dataDir, 'metadata'))
+
+  const metrics = new Registry()
+  collectDefaultMetrics({ register: metrics, prefix: 'ferry_process_' })
+  const mirrorMetrics = createMirrorMetrics(metrics)
+  const upstreamMetrics = createUpstreamMetrics(metrics)
+
+  const upstreams: UpstreamRegistry[] = []
+  const routes = config.registries.map((registry) => ({
+    registry: registry.registry,
+    peers: registry.peers,
+    upstreams: registry.upstreams.map((settings) => {
+      const upstream = new UpstreamRegistry(
+        { logger: logger.child({ upstream: settings.name }), clock, metrics: upstreamMetrics },
+        {
+          name: settings.name,
+          url: settings.url,
+          ...(settings.credentials ? { credentials: settings.credentials } : {}),
+          timeouts: settings.timeouts,
+          breaker: settings.breaker,
+          ...(settings.tls ? { tls: { ...(settings.tls.ca ? { ca: settings.tls.ca } : {}), insecureSkipVerify: settings.tls.insecureSkipVerify } } : {}),
+        },
+      )
+      upstreams.push(upstream)
+      return upstream
+    }),
+  }))
+
+  const mirror = new Mirror(
+    { blobStore, metadata, logger, clock, metrics: mirrorMetrics },
+    { routes, tagTimeoutMs: config.tagTimeoutMs, orphanTimeoutMs: config.orphanTimeoutMs },
+  )
+  new Gauge({
+    name: 'ferry_active_downloads',
+    help: 'Downloads in progress',
+    registers: [metrics],
+    collect() {
+      this.set(mirror.activeDownloads)
+    },
+  })
+
+  const app = Fastify({
+    loggerInstance: logger as FastifyBaseLogger,
+    disableRequestLogging: true,
+    maxParamLength: MAX_PATH_LENGTH * 2,
+    bodyLimit: 1024 * 1024,
+    return503OnClosing: true,
+    forceCloseConnections: 'idle',
+    requestIdHeader: 'x-request-id',
+  })
+  app.setErrorHandler(ociErrorHandler(logger))
+  app.setNotFoundHandler(ociNotFoundHandler)
+  app.get('/healthz', async () => ({ status: 'ok' }))
+  app.get('/readyz', async () => ({ status: 'ready' }))
+  app.get('/metrics', async (_request, reply) => {
+    reply.header('content-type', metrics.contentType)
+    return metrics.metrics()
+  })
+  await app.register(async (scope) => registerRegistryApi(scope, { mirror, logger }, { defaultRegistry: config.defaultRegistry }))
+
+  await app.listen({ host: config.listen.host, port: config.listen.port })
+  const address = app.server.address()
+  const port = typeof address === 'object' && address ? address.port : config.listen.port
+  const host = config.listen.host.includes(':') ? `[${config.listen.host}]` : config.listen.host
+  const url = `http://${host}:${port}`
+  logger.info(
+    { url, dataDir: config.dataDir, registries: config.registries.map((registry) => registry.registry), defaultRegistry: config.defaultRegistry },
+    'ferry is serving',
+  )
+
+  let closing: Promise<void> | undefined
+  return {
+    url,
+    port,
+    app,
+    metrics,
+    close() {
+      closing ??= (async () => {
+        const bound = setTimeout(() => {
+          logger.warn({ timeoutMs: config.shutdownTimeoutMs }, 'shutdown bound reached; closing remaining connections')
+          app.server.closeAllConnections()
+        }, config.shutdownTimeoutMs)
+        bound.unref()
+        try {
+          await app.close()
+        } finally {
+          clearTimeout(bound)
+          mirror.close()
+          await Promise.allSettled(upstreams.map((upstream) => upstream.close()))
+          await metadata.close()
+        }
+      })()
+      return closing
+    },
+  }
+}

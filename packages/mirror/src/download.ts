@@ -1,0 +1,299 @@
+import { Readable } from 'node:stream'
+import type { BlobInfo, BlobSource, BlobStore, BlobWriter, ByteRange, ContentKind, FetchRequest, Logger } from '@ferry/interfaces'
+import {
+  AbortedError,
+  BlobNotFoundError,
+  DigestMismatchError,
+  FerryError,
+  ManifestNotFoundError,
+  SizeMismatchError,
+  UpstreamProtocolError,
+  UpstreamUnavailableError,
+} from '@ferry/oci'
+import type { MirrorMetrics } from './metrics.js'
+
+/** Followers wait for at least this much new data before reading it back, to keep reads large. */
+const FOLLOW_READ_BYTES = 256 * 1024
+/** Each source is tried at most this often per attempt at the whole blob. */
+const TRIES_PER_SOURCE = 2
+
+export interface DownloadComponents {
+  blobStore: BlobStore
+  logger: Logger
+  metrics: MirrorMetrics
+}
+
+export interface DownloadInit {
+  kind: ContentKind
+  registry: string
+  repository: string
+  digest: string
+  /** Tried in order; a broken transfer resumes at the next source from the current offset. */
+  sources: BlobSource[]
+  /** How long a download goes on with no client reading it. */
+  orphanTimeoutMs: number
+}
+
+/**
+ * One download of one blob into the local store, shared by every request for that digest on this
+ * node. Requests follow it: they read back what was written so far and wait for more, so the
+ * download is not tied to any client's socket and outlives a disconnect, up to `orphanTimeoutMs`
+ * with nobody reading.
+ *
+ * A broken transfer resumes from the next source at the current offset (`Range`), which keeps the
+ * running hash valid because every source serves the same content-addressed bytes. Only the final
+ * digest check proves that: when it fails, every source that contributed is reported and excluded,
+ * the bytes are discarded and the download starts over from zero. Followers that already sent bytes
+ * of a failed attempt are destroyed; no follower ever sends the last byte of a blob before it was
+ * verified and committed, so a client never receives corrupt content whole.
+ */
+export class Download {
+  readonly digest: string
+  readonly kind: ContentKind
+  /** Total size, known once the first source answered. */
+  size: number | undefined
+  mediaType: string | undefined
+  /** Metric label of the source that first delivered bytes. */
+  source: string | undefined
+  state: 'running' | 'committed' | 'failed' = 'running'
+  error: Error | undefined
+  /** Resolves when the size is known; rejects when the download failed before that. */
+  readonly ready: Promise<void>
+  /** Resolves with the committed blob; rejects with the reason of failure. */
+  readonly done: Promise<BlobInfo>
+
+  private readonly components: DownloadComponents
+  private readonly init: DownloadInit
+  private readonly controller = new AbortController()
+  private writer: BlobWriter | undefined
+  private attempt = 0
+  private readers = 0
+  private orphanTimer: NodeJS.Timeout | undefined
+  private waiters: Array<() => void> = []
+  private resolveReady!: () => void
+  private rejectReady!: (error: Error) => void
+
+  constructor(components: DownloadComponents, init: DownloadInit) {
+    this.components = components
+    this.init = init
+    this.digest = init.digest
+    this.kind = init.kind
+    this.ready = new Promise((resolve, reject) => {
+      this.resolveReady = resolve
+      this.rejectReady = reject
+    })
+    this.ready.catch(() => undefined)
+    this.done = this.run()
+    this.done.catch(() => undefined)
+    this.armOrphanTimer()
+  }
+
+  /** A stream of `range` of the blob as it arrives; it errors if the download fails. */
+  follow(range: ByteRange): Readable {
+    this.readers += 1
+    clearTimeout(this.orphanTimer)
+    const closed = new AbortController()
+    const stream = Readable.from(this.chunks(range, closed.signal), { objectMode: false, highWaterMark: 1024 * 1024 })
+    stream.once('close', () => {
+      closed.abort()
+      this.readers -= 1
+      this.armOrphanTimer()
+    })
+    return stream
+  }
+
+  /** Stops the download; followers error. */
+  abort(reason: Error): void {
+    this.controller.abort(reason)
+  }
+
+  private armOrphanTimer(): void {
+    if (this.readers > 0 || this.state !== 'running') return
+    clearTimeout(this.orphanTimer)
+    this.orphanTimer = setTimeout(() => {
+      if (this.readers === 0) this.abort(new AbortedError(`download of ${this.digest} abandoned: no client read it for ${this.init.orphanTimeoutMs} ms`))
+    }, this.init.orphanTimeoutMs)
+    this.orphanTimer.unref()
+  }
+
+  private notify(): void {
+    const waiters = this.waiters
+    this.waiters = []
+    for (const wake of waiters) wake()
+  }
+
+  private changed(signal: AbortSignal): Promise<void> {
+    return new Promise((resolve) => {
+      if (signal.aborted) return resolve()
+      const wake = () => {
+        signal.removeEventListener('abort', wake)
+        resolve()
+      }
+      this.waiters.push(wake)
+      signal.addEventListener('abort', wake, { once: true })
+    })
+  }
+
+  private async *chunks(range: ByteRange, closed: AbortSignal): AsyncGenerator<Buffer> {
+    let position = range.start
+    let attempt: number | undefined
+    while (position < range.end && !closed.aborted) {
+      if (this.state === 'failed') throw this.error ?? new UpstreamUnavailableError(`download of ${this.digest} failed`)
+      const writer = this.writer
+      if (writer === undefined || this.size === undefined) {
+        await this.changed(closed)
+        continue
+      }
+      if (attempt !== undefined && attempt !== this.attempt && position > range.start) {
+        throw new DigestMismatchError(`a source of ${this.digest} sent corrupt content; the transfer was abandoned`)
+      }
+      attempt = this.attempt
+      // The blob's last byte goes out only after verification, so corrupt content is never served whole.
+      const verifiedUpTo = this.state === 'committed' ? this.size : Math.min(writer.written, this.size - 1)
+      const limit = Math.min(range.end, verifiedUpTo)
+      const enough = limit - position >= Math.min(FOLLOW_READ_BYTES, range.end - position) || this.state === 'committed'
+      if (position < limit && enough) {
+        for await (const chunk of writer.readWritten({ start: position, end: limit })) {
+          position += (chunk as Buffer).byteLength
+          yield chunk as Buffer
+        }
+        continue
+      }
+      await this.changed(closed)
+    }
+  }
+
+  private request(offset: number): FetchRequest {
+    const { kind, registry, repository, digest } = this.init
+    return { kind, registry, repository, digest, offset, signal: this.controller.signal }
+  }
+
+  private async run(): Promise<BlobInfo> {
+    const { blobStore, logger, metrics } = this.components
+    const excluded = new Set<BlobSource>()
+    try {
+      for (;;) {
+        this.attempt += 1
+        const writer = await blobStore.ingest(this.digest, this.size)
+        this.writer = writer
+        this.notify()
+        const contributors = new Set<BlobSource>()
+        let verified: BlobInfo
+        try {
+          await this.fill(writer, excluded, contributors)
+          verified = await writer.commit()
+        } catch (error) {
+          await writer.abort()
+          if (!isVerificationFailure(error) || contributors.size === 0) throw error
+          // Some source sent wrong bytes; which one cannot be known, so none of them is asked again.
+          for (const source of contributors) {
+            excluded.add(source)
+            metrics.corruptContent.inc({ source: source.name })
+            source.reportCorrupt?.(this.request(0))
+          }
+          logger.error({ err: error, digest: this.digest, sources: [...contributors].map((s) => s.name) }, 'content failed verification; discarded')
+          continue
+        }
+        this.state = 'committed'
+        clearTimeout(this.orphanTimer)
+        metrics.downloads.inc({ kind: this.kind, result: 'committed' })
+        this.notify()
+        return verified
+      }
+    } catch (error) {
+      const failure = error instanceof Error ? error : new Error(String(error))
+      this.state = 'failed'
+      this.error = failure
+      clearTimeout(this.orphanTimer)
+      metrics.downloads.inc({ kind: this.kind, result: failure instanceof FerryError ? failure.code : 'error' })
+      this.rejectReady(failure)
+      this.notify()
+      throw failure
+    }
+  }
+
+  /**
+   * Writes the whole blob, asking sources in turn: after a failure the next source resumes at the
+   * current offset, and each source is asked at most TRIES_PER_SOURCE times.
+   */
+  private async fill(writer: BlobWriter, excluded: Set<BlobSource>, contributors: Set<BlobSource>): Promise<void> {
+    const { logger, metrics } = this.components
+    const sources = this.init.sources
+    const tries = new Map<BlobSource, number>()
+    let cursor = 0
+    let lastError: Error | undefined
+    while (this.size === undefined || writer.written < this.size) {
+      this.throwIfAborted()
+      let source: BlobSource | undefined
+      for (let step = 0; step < sources.length && !source; step += 1) {
+        const candidate = sources[(cursor + step) % sources.length]!
+        if (!excluded.has(candidate) && (tries.get(candidate) ?? 0) < TRIES_PER_SOURCE) {
+          source = candidate
+          cursor = (cursor + step) % sources.length
+        }
+      }
+      if (!source) throw lastError ?? this.notFound()
+      tries.set(source, (tries.get(source) ?? 0) + 1)
+      try {
+        const content = await source.fetch(this.request(writer.written))
+        if (!content) {
+          excluded.add(source)
+          continue
+        }
+        if (content.offset !== writer.written) {
+          content.body.destroy()
+          throw new UpstreamProtocolError(`${source.name} answered from offset ${content.offset}, asked for ${writer.written}`)
+        }
+        if (this.size !== undefined && content.size !== this.size) {
+          content.body.destroy()
+          throw new UpstreamProtocolError(`${source.name} announced ${content.size} bytes for ${this.digest}, expected ${this.size}`)
+        }
+        if (this.size === undefined) {
+          this.size = content.size
+          this.mediaType = content.mediaType
+          this.resolveReady()
+        }
+        this.source ??= source.name
+        contributors.add(source)
+        // An abort (shutdown, orphan timeout) must end a transfer even while the source is silent.
+        const stopTransfer = () => content.body.destroy(this.controller.signal.reason as Error)
+        this.controller.signal.addEventListener('abort', stopTransfer, { once: true })
+        try {
+          for await (const chunk of content.body) {
+            await writer.write(chunk as Buffer)
+            metrics.fetchedBytes.inc({ kind: this.kind, source: source.name }, (chunk as Buffer).byteLength)
+            this.notify()
+          }
+        } finally {
+          this.controller.signal.removeEventListener('abort', stopTransfer)
+        }
+        if (writer.written !== this.size) {
+          throw new UpstreamProtocolError(`${source.name} ended ${this.digest} at ${writer.written} of ${this.size} bytes`)
+        }
+      } catch (error) {
+        this.throwIfAborted()
+        if (isVerificationFailure(error)) throw error
+        lastError = error as Error
+        cursor = (cursor + 1) % sources.length
+        logger.warn({ err: error, digest: this.digest, source: source.name, offset: writer.written }, 'source failed; trying the next one')
+      }
+    }
+  }
+
+  private throwIfAborted(): void {
+    if (this.controller.signal.aborted) {
+      const reason = this.controller.signal.reason
+      throw reason instanceof Error ? reason : new AbortedError(`download of ${this.digest} aborted`)
+    }
+  }
+
+  private notFound(): FerryError {
+    return this.kind === 'manifest'
+      ? new ManifestNotFoundError(`manifest ${this.digest} not found in any source`, { detail: { digest: this.digest } })
+      : new BlobNotFoundError(`blob ${this.digest} not found in any source`, { detail: { digest: this.digest } })
+  }
+}
+
+function isVerificationFailure(error: unknown): boolean {
+  return error instanceof DigestMismatchError || error instanceof SizeMismatchError
+}

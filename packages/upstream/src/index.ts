@@ -1,0 +1,7 @@
+export * from './config.js'
+export * from './upstream-registry.js'
+export { createUpstreamMetrics, type UpstreamMetrics } from './metrics.js'
+export { DEFAULT_TOKEN_LIFETIME_MS, TOKEN_SAFETY_MARGIN_MS } from './authenticator.js'
+export { MAX_REDIRECTS, USER_AGENT } from './transport.js'
+export { parseWwwAuthenticate, type AuthChallenge } from './www-authenticate.js'
+export { redactUrl } from './redact.js'
