@@ -37,18 +37,31 @@ export interface BlobStore {
 /** A blob being written. It hashes what it is given and commits only when the digest matches. */
 export interface BlobWriter {
   readonly digest: string
-  /** Bytes accepted so far. */
+  /** Bytes accepted so far; every one of them can be read back through `openReader`. */
   readonly written: number
   write(chunk: Uint8Array): Promise<void>
   /**
-   * Reads back bytes already written, `[start, end)` with `end <= written`, so that followers of an
-   * in-progress download can stream it before it is committed.
+   * Opens a reader of the bytes written so far, so that followers of an in-progress download can
+   * stream it before it is committed. The reader stays valid after commit (and reads the committed
+   * content), so a follower never has to switch files.
    */
-  readWritten(range: ByteRange): Readable
-  /** Checks size and digest; on success the content is durable and visible, else it is discarded and this throws. */
+  openReader(): Promise<PartialReader>
+  /**
+   * Checks size and digest of everything written, without making anything durable or visible.
+   * Throws SizeMismatchError or DigestMismatchError; afterwards nothing more can be written.
+   */
+  verify(): void
+  /** Verifies (if not yet done), makes the content durable and visible; on failure discards it and throws. */
   commit(): Promise<BlobInfo>
   /** Discards everything written. Safe to call more than once and after a failed commit. */
   abort(): Promise<void>
+}
+
+/** Positional reads of a blob being written. */
+export interface PartialReader {
+  /** Reads up to `length` bytes at `position`; `position + length` must not exceed what was written. */
+  read(position: number, length: number): Promise<Buffer>
+  close(): Promise<void>
 }
 
 /** Last confirmed answer of an upstream for `registry/repository:tag`. */

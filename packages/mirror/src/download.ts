@@ -1,5 +1,5 @@
 import { Readable } from 'node:stream'
-import type { BlobInfo, BlobSource, BlobStore, BlobWriter, ByteRange, ContentKind, FetchRequest, Logger } from '@ferry/interfaces'
+import type { BlobInfo, BlobSource, BlobStore, BlobWriter, ByteRange, ContentKind, FetchRequest, Logger, PartialReader } from '@ferry/interfaces'
 import {
   AbortedError,
   BlobNotFoundError,
@@ -14,6 +14,8 @@ import type { MirrorMetrics } from './metrics.js'
 
 /** Followers wait for at least this much new data before reading it back, to keep reads large. */
 const FOLLOW_READ_BYTES = 256 * 1024
+/** Largest single read of a follower, and largest batch written to the store at once. */
+const MAX_FOLLOW_READ_BYTES = 1024 * 1024
 /** Each source is tried at most this often per attempt at the whole blob. */
 const TRIES_PER_SOURCE = 2
 
@@ -67,6 +69,8 @@ export class Download {
   private readonly controller = new AbortController()
   private writer: BlobWriter | undefined
   private attempt = 0
+  /** The attempt whose bytes were verified; its followers may send the last byte. */
+  private verifiedAttempt = -1
   private readers = 0
   private orphanTimer: NodeJS.Timeout | undefined
   private waiters: Array<() => void> = []
@@ -136,30 +140,48 @@ export class Download {
 
   private async *chunks(range: ByteRange, closed: AbortSignal): AsyncGenerator<Buffer> {
     let position = range.start
-    let attempt: number | undefined
-    while (position < range.end && !closed.aborted) {
-      if (this.state === 'failed') throw this.error ?? new UpstreamUnavailableError(`download of ${this.digest} failed`)
-      const writer = this.writer
-      if (writer === undefined || this.size === undefined) {
-        await this.changed(closed)
-        continue
-      }
-      if (attempt !== undefined && attempt !== this.attempt && position > range.start) {
-        throw new DigestMismatchError(`a source of ${this.digest} sent corrupt content; the transfer was abandoned`)
-      }
-      attempt = this.attempt
-      // The blob's last byte goes out only after verification, so corrupt content is never served whole.
-      const verifiedUpTo = this.state === 'committed' ? this.size : Math.min(writer.written, this.size - 1)
-      const limit = Math.min(range.end, verifiedUpTo)
-      const enough = limit - position >= Math.min(FOLLOW_READ_BYTES, range.end - position) || this.state === 'committed'
-      if (position < limit && enough) {
-        for await (const chunk of writer.readWritten({ start: position, end: limit })) {
-          position += (chunk as Buffer).byteLength
-          yield chunk as Buffer
+    let reader: PartialReader | undefined
+    let readerAttempt = 0
+    try {
+      while (position < range.end && !closed.aborted) {
+        if (this.state === 'failed') throw this.error ?? new UpstreamUnavailableError(`download of ${this.digest} failed`)
+        const writer = this.writer
+        if (writer === undefined || this.size === undefined) {
+          await this.changed(closed)
+          continue
         }
-        continue
+        if (readerAttempt !== this.attempt) {
+          if (readerAttempt !== 0 && position > range.start) {
+            throw new DigestMismatchError(`a source of ${this.digest} sent corrupt content; the transfer was abandoned`)
+          }
+          const attempt = this.attempt
+          await reader?.close()
+          reader = undefined
+          const opened = await writer.openReader()
+          if (attempt !== this.attempt) {
+            await opened.close()
+            continue
+          }
+          reader = opened
+          readerAttempt = attempt
+        }
+        // The blob's last byte goes out only after verification, so corrupt content is never served whole.
+        const verified = this.verifiedAttempt === this.attempt
+        const reachable = Math.min(range.end, verified ? this.size : this.size - 1)
+        const limit = Math.min(reachable, writer.written)
+        // Wait for a sizeable read unless this is the last of what can be sent before verification.
+        const enough = limit - position >= Math.min(FOLLOW_READ_BYTES, reachable - position)
+        if (position < limit && enough && reader) {
+          const length = Math.min(limit - position, MAX_FOLLOW_READ_BYTES)
+          const chunk = await reader.read(position, length)
+          position += length
+          yield chunk
+          continue
+        }
+        await this.changed(closed)
       }
-      await this.changed(closed)
+    } finally {
+      await reader?.close()
     }
   }
 
@@ -181,6 +203,10 @@ export class Download {
         let verified: BlobInfo
         try {
           await this.fill(writer, excluded, contributors)
+          writer.verify()
+          // Followers may finish as soon as the digest matched; durability (fsync, rename) follows.
+          this.verifiedAttempt = this.attempt
+          this.notify()
           verified = await writer.commit()
         } catch (error) {
           await writer.abort()
@@ -259,9 +285,9 @@ export class Download {
         const stopTransfer = () => content.body.destroy(this.controller.signal.reason as Error)
         this.controller.signal.addEventListener('abort', stopTransfer, { once: true })
         try {
-          for await (const chunk of content.body) {
-            await writer.write(chunk as Buffer)
-            metrics.fetchedBytes.inc({ kind: this.kind, source: source.name }, (chunk as Buffer).byteLength)
+          for await (const batch of readBatches(content.body, MAX_FOLLOW_READ_BYTES)) {
+            await writer.write(batch)
+            metrics.fetchedBytes.inc({ kind: this.kind, source: source.name }, batch.byteLength)
             this.notify()
           }
         } finally {
@@ -296,4 +322,47 @@ export class Download {
 
 function isVerificationFailure(error: unknown): boolean {
   return error instanceof DigestMismatchError || error instanceof SizeMismatchError
+}
+
+/**
+ * Reads a stream in batches of whatever is buffered (up to `maxBytes`), so that a fast source is
+ * written to disk in few large writes while a slow one is still written as soon as bytes arrive.
+ */
+async function* readBatches(stream: Readable, maxBytes: number): AsyncGenerator<Buffer> {
+  // Errors are read from `stream.errored`. The listener stays: a destroyed stream emits its error
+  // on a later tick, when this generator may be gone, and an unheard error would be uncaught.
+  stream.on('error', () => undefined)
+  yield* batchesOf(stream, maxBytes)
+}
+
+async function* batchesOf(stream: Readable, maxBytes: number): AsyncGenerator<Buffer> {
+  for (;;) {
+    const chunks: Buffer[] = []
+    let size = 0
+    let chunk: Buffer | null
+    while (size < maxBytes && (chunk = stream.read() as Buffer | null) !== null) {
+      chunks.push(chunk)
+      size += chunk.byteLength
+    }
+    if (chunks.length > 0) {
+      yield chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size)
+      continue
+    }
+    if (stream.errored) throw stream.errored
+    if (stream.readableEnded) return
+    if (stream.destroyed) throw new UpstreamProtocolError('source stream closed before its end')
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        stream.off('readable', done)
+        stream.off('end', done)
+        stream.off('error', done)
+        stream.off('close', done)
+        resolve()
+      }
+      stream.on('readable', done)
+      stream.on('end', done)
+      stream.on('error', done)
+      stream.on('close', done)
+    })
+  }
 }

@@ -1,9 +1,8 @@
 import { randomBytes } from 'node:crypto'
-import { createReadStream } from 'node:fs'
 import { mkdir, open, readdir, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Readable } from 'node:stream'
-import type { BlobInfo, BlobStore, BlobWriter, ByteRange } from '@ferry/interfaces'
+import type { BlobInfo, BlobStore, BlobWriter, ByteRange, PartialReader } from '@ferry/interfaces'
 import { DigestVerifier, parseDigest } from '@ferry/oci'
 
 /**
@@ -141,7 +140,7 @@ class DiskBlobWriter implements BlobWriter {
   private readonly tempPath: string
   private handle: FileHandle | undefined
   private count = 0
-  private state: 'writing' | 'committed' | 'aborted' = 'writing'
+  private state: 'writing' | 'verified' | 'committed' | 'aborted' = 'writing'
 
   constructor(store: DiskBlobStore, digest: string, expectedSize: number | undefined, tempPath: string, handle: FileHandle) {
     this.store = store
@@ -166,17 +165,45 @@ class DiskBlobWriter implements BlobWriter {
     this.count += chunk.byteLength
   }
 
-  readWritten(range: ByteRange): Readable {
-    if (range.end > this.count) throw new RangeError(`cannot read to ${range.end}: only ${this.count} bytes written`)
-    const path = this.state === 'committed' ? this.store.pathOf(this.digest) : this.tempPath
-    if (range.end <= range.start) return Readable.from([])
-    return createReadStream(path, { start: range.start, end: range.end - 1, highWaterMark: 1024 * 1024 })
+  async openReader(): Promise<PartialReader> {
+    if (this.state === 'aborted') throw new Error(`blob writer of ${this.digest} was aborted`)
+    // One descriptor per reader: it survives the rename at commit, since it holds the inode.
+    let handle: FileHandle
+    try {
+      handle = await open(this.state === 'committed' ? this.store.pathOf(this.digest) : this.tempPath, 'r')
+    } catch (error) {
+      // Committed between the check and the open: the content is now at its final path.
+      if (!isNotFound(error) || this.state !== 'committed') throw error
+      handle = await open(this.store.pathOf(this.digest), 'r')
+    }
+    const writer = this
+    return {
+      async read(position: number, length: number): Promise<Buffer> {
+        if (position + length > writer.count) throw new RangeError(`cannot read to ${position + length}: only ${writer.count} bytes written`)
+        const buffer = Buffer.allocUnsafe(length)
+        let filled = 0
+        while (filled < length) {
+          const { bytesRead } = await handle.read(buffer, filled, length - filled, position + filled)
+          if (bytesRead === 0) throw new Error(`unexpected end of ${writer.digest} at ${position + filled}`)
+          filled += bytesRead
+        }
+        return buffer
+      },
+      close: () => handle.close(),
+    }
+  }
+
+  verify(): void {
+    if (this.state === 'verified') return
+    if (this.state !== 'writing') throw new Error(`verify after ${this.state} of ${this.digest}`)
+    this.verifier.check()
+    this.state = 'verified'
   }
 
   async commit(): Promise<BlobInfo> {
-    if (this.state !== 'writing' || !this.handle) throw new Error(`commit after ${this.state} of ${this.digest}`)
+    if ((this.state !== 'writing' && this.state !== 'verified') || !this.handle) throw new Error(`commit after ${this.state} of ${this.digest}`)
     try {
-      this.verifier.check()
+      this.verify()
       await this.handle.sync()
       await this.handle.close()
       this.handle = undefined
@@ -190,7 +217,7 @@ class DiskBlobWriter implements BlobWriter {
   }
 
   async abort(): Promise<void> {
-    if (this.state !== 'writing') return
+    if (this.state === 'committed' || this.state === 'aborted') return
     this.state = 'aborted'
     const handle = this.handle
     this.handle = undefined

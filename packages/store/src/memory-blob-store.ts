@@ -1,5 +1,5 @@
 import { Readable } from 'node:stream'
-import type { BlobInfo, BlobStore, BlobWriter, ByteRange } from '@ferry/interfaces'
+import type { BlobInfo, BlobStore, BlobWriter, ByteRange, PartialReader } from '@ferry/interfaces'
 import { DigestVerifier, parseDigest } from '@ferry/oci'
 
 /** BlobStore in memory, for unit tests and as the reference behaviour of the conformance suite. */
@@ -45,7 +45,7 @@ class MemoryBlobWriter implements BlobWriter {
   private readonly onCommit: (bytes: Buffer) => void
   private chunks: Buffer[] = []
   private count = 0
-  private state: 'writing' | 'committed' | 'aborted' = 'writing'
+  private state: 'writing' | 'verified' | 'committed' | 'aborted' = 'writing'
 
   constructor(digest: string, expectedSize: number | undefined, onCommit: (bytes: Buffer) => void) {
     this.digest = digest
@@ -64,16 +64,31 @@ class MemoryBlobWriter implements BlobWriter {
     this.count += chunk.byteLength
   }
 
-  readWritten(range: ByteRange): Readable {
-    if (range.end > this.count) throw new RangeError(`cannot read to ${range.end}: only ${this.count} bytes written`)
-    if (this.state === 'aborted') return Readable.from((async function* () { throw new Error('blob writer aborted') })())
-    return Readable.from([Buffer.concat(this.chunks).subarray(range.start, range.end)])
+  async openReader(): Promise<PartialReader> {
+    if (this.state === 'aborted') throw new Error(`blob writer of ${this.digest} was aborted`)
+    // Like a file descriptor, the reader keeps seeing the bytes it was opened on, even after abort.
+    const writer = this
+    const chunks = this.chunks
+    return {
+      async read(position: number, length: number): Promise<Buffer> {
+        if (position + length > writer.count) throw new RangeError(`cannot read to ${position + length}: only ${writer.count} bytes written`)
+        return Buffer.from(Buffer.concat(chunks).subarray(position, position + length))
+      },
+      async close() {},
+    }
+  }
+
+  verify(): void {
+    if (this.state === 'verified') return
+    if (this.state !== 'writing') throw new Error(`verify after ${this.state} of ${this.digest}`)
+    this.verifier.check()
+    this.state = 'verified'
   }
 
   async commit(): Promise<BlobInfo> {
-    if (this.state !== 'writing') throw new Error(`commit after ${this.state} of ${this.digest}`)
+    if (this.state !== 'writing' && this.state !== 'verified') throw new Error(`commit after ${this.state} of ${this.digest}`)
     try {
-      this.verifier.check()
+      this.verify()
     } catch (error) {
       await this.abort()
       throw error
@@ -84,7 +99,7 @@ class MemoryBlobWriter implements BlobWriter {
   }
 
   async abort(): Promise<void> {
-    if (this.state !== 'writing') return
+    if (this.state === 'committed' || this.state === 'aborted') return
     this.state = 'aborted'
     this.chunks = []
   }

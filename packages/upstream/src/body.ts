@@ -1,4 +1,4 @@
-import { Readable } from 'node:stream'
+import { Transform, type Readable, type TransformCallback } from 'node:stream'
 import { type FerryError, UpstreamProtocolError, UpstreamUnavailableError } from '@ferry/oci'
 import { dropBody, type ResponseBody } from './transport.js'
 
@@ -22,56 +22,70 @@ export interface ContentBodyOptions {
  */
 export function contentBody(options: ContentBodyOptions): Readable {
   const { source, length, upstream } = options
+  let failed = false
   const fail = (error: FerryError): FerryError => {
-    options.onError?.(error)
+    if (!failed) {
+      failed = true
+      options.onError?.(error)
+    }
     return error
   }
-  async function* relay(): AsyncGenerator<Buffer> {
-    const iterator = (source as AsyncIterable<Buffer>)[Symbol.asyncIterator]()
-    let toSkip = options.skip
-    let delivered = 0
-    try {
-      for (;;) {
-        let step: IteratorResult<Buffer>
-        try {
-          step = await iterator.next()
-        } catch (error) {
-          throw fail(options.mapError(error))
+  let toSkip = options.skip
+  let delivered = 0
+  // A synchronous Transform rather than an async generator: no promise hops per chunk, which
+  // matters at hundreds of MB/s.
+  const relay = new Transform({
+    readableHighWaterMark: 1024 * 1024,
+    transform(chunk: Buffer, _encoding, callback: TransformCallback) {
+      if (toSkip > 0) {
+        if (chunk.byteLength <= toSkip) {
+          toSkip -= chunk.byteLength
+          return callback()
         }
-        if (step.done) break
-        let chunk = step.value
-        if (toSkip > 0) {
-          if (chunk.byteLength <= toSkip) {
-            toSkip -= chunk.byteLength
-            continue
-          }
-          chunk = chunk.subarray(toSkip)
-          toSkip = 0
-        }
-        delivered += chunk.byteLength
-        if (delivered > length) {
-          throw fail(
+        chunk = chunk.subarray(toSkip)
+        toSkip = 0
+      }
+      delivered += chunk.byteLength
+      if (delivered > length) {
+        return callback(
+          fail(
             new UpstreamProtocolError(`upstream ${upstream} sent more than the ${length} bytes it announced`, {
               detail: { upstream, expected: length },
             }),
-          )
-        }
-        options.onBytes?.(chunk.byteLength)
-        // A consumer that destroys the stream resumes this generator with return() or throw() here.
-        yield chunk
+          ),
+        )
       }
-    } finally {
-      await iterator.return?.()
+      options.onBytes?.(chunk.byteLength)
+      callback(null, chunk)
+    },
+    flush(callback: TransformCallback) {
+      if (toSkip > 0 || delivered < length) {
+        return callback(
+          fail(
+            new UpstreamUnavailableError(`upstream ${upstream} ended the transfer after ${delivered} of ${length} bytes`, {
+              detail: { upstream, received: delivered, expected: length },
+            }),
+          ),
+        )
+      }
+      callback()
+    },
+  })
+  source.on('error', (error) => {
+    if (!failed) relay.destroy(fail(options.mapError(error)))
+  })
+  // A source that closes without ending (connection reset) must not leave the relay waiting.
+  source.on('close', () => {
+    if (!source.readableEnded && !relay.destroyed && !failed) {
+      relay.destroy(fail(new UpstreamUnavailableError(`upstream ${upstream} closed the transfer after ${delivered} of ${length} bytes`, { detail: { upstream, received: delivered, expected: length } })))
     }
-    if (toSkip > 0 || delivered < length) {
-      throw fail(
-        new UpstreamUnavailableError(`upstream ${upstream} ended the transfer after ${delivered} of ${length} bytes`, {
-          detail: { upstream, received: delivered, expected: length },
-        }),
-      )
-    }
-  }
-  return Readable.from(relay(), { objectMode: false })
+  })
+  // The consumer destroying the body (a client gone, a resume elsewhere) releases the connection.
+  relay.on('close', () => {
+    if (!source.destroyed) dropBody(source)
+  })
+  source.pipe(relay)
+  return relay
 }
 
 /**

@@ -57,7 +57,7 @@ export interface ResolvedUpstream {
   secure: boolean
 }
 
-const NAME_GRAMMAR = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/
+const NAME_GRAMMAR = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,254}$/
 
 /**
  * Checks what the daemon's schema cannot know about URLs. Throws TypeError: a bad configuration
@@ -65,7 +65,7 @@ const NAME_GRAMMAR = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/
  */
 export function resolveUpstreamConfig(config: UpstreamConfig): ResolvedUpstream {
   if (!NAME_GRAMMAR.test(config.name)) {
-    throw new TypeError(`upstream name ${JSON.stringify(config.name)} must be 1 to 63 letters, digits, '.', '_' or '-'`)
+    throw new TypeError(`upstream name ${JSON.stringify(config.name)} must be 1 to 255 letters, digits, '.', '_', ':' or '-'`)
   }
   let url: URL
   try {

@@ -90,6 +90,8 @@ export class HttpTransport {
           headers,
           body: body ?? null,
           signal: request.signal,
+          // Larger reads from the socket: fewer, bigger chunks through the verify-and-store path.
+          highWaterMark: 1024 * 1024,
         })
       } catch (error) {
         throw mapTransportError(error, { upstream: this.upstream, url, signal: request.signal })

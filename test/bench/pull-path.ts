@@ -1,0 +1,95 @@
+/**
+ * Pull-path benchmark (issue 2), side by side in one run on this machine:
+ * - cache hit: a 256 MiB blob served by Ferry from its store vs by the CNCF registry from its disk;
+ * - cold pull: the same blob through a Ferry with an empty store vs directly from the registry.
+ * The client is curl in both cases, so client cost is the same; each figure is the median of runs
+ * taken alternately, so drift of the machine hits both sides alike.
+ */
+import { randomBytes, createHash } from 'node:crypto'
+import { writeFile } from 'node:fs/promises'
+import { request } from 'undici'
+import { createTempDir, runCommand, startRegistry, type Registry } from '../harness/index.js'
+import { startFerryProcess } from './ferry-process.js'
+
+const BLOB_BYTES = 256 * 1024 * 1024
+const RUNS = 5
+
+export interface PullPathResult {
+  blobBytes: number
+  runs: number
+  hitMBps: { ferry: number; registry: number; ratio: number }
+  coldSeconds: { ferry: number; direct: number; ratio: number }
+}
+
+export async function benchPullPath(log: (line: string) => void): Promise<PullPathResult> {
+  const dir = await createTempDir('bench-pull')
+  const stops: Array<() => Promise<unknown>> = []
+  try {
+    const registry = await startRegistry({ dir: dir.path, name: 'central', auth: 'none' })
+    stops.push(() => registry.stop())
+    const blob = randomBytes(BLOB_BYTES)
+    const digest = `sha256:${createHash('sha256').update(blob).digest('hex')}`
+    await uploadBlob(registry, 'bench/big', blob, digest)
+    const host = new URL(registry.url).host
+    const blobPath = (base: string) => `${base}/v2/bench/big/blobs/${digest}?ns=${encodeURIComponent(host)}`
+
+    const hitFerry = await startFerryProcess(dir.join('ferry-hit'), { [host]: [registry.url] })
+    stops.push(() => hitFerry.stop())
+    await curlSeconds(blobPath(hitFerry.url)) // warm: the blob is now in Ferry's store
+
+    const hit = { ferry: [] as number[], registry: [] as number[] }
+    const cold = { ferry: [] as number[], direct: [] as number[] }
+    for (let run = 0; run < RUNS; run += 1) {
+      hit.registry.push(BLOB_BYTES / 1e6 / (await curlSeconds(blobPath(registry.url))))
+      hit.ferry.push(BLOB_BYTES / 1e6 / (await curlSeconds(blobPath(hitFerry.url))))
+      cold.direct.push(await curlSeconds(blobPath(registry.url)))
+      const coldFerry = await startFerryProcess(dir.join(`ferry-cold-${run}`), { [host]: [registry.url] })
+      try {
+        cold.ferry.push(await curlSeconds(blobPath(coldFerry.url)))
+      } finally {
+        await coldFerry.stop()
+      }
+      log(`run ${run + 1}/${RUNS}: hit ferry ${hit.ferry.at(-1)!.toFixed(0)} MB/s, registry ${hit.registry.at(-1)!.toFixed(0)} MB/s; cold ferry ${cold.ferry.at(-1)!.toFixed(3)} s, direct ${cold.direct.at(-1)!.toFixed(3)} s`)
+    }
+    const hitFerryMBps = median(hit.ferry)
+    const hitRegistryMBps = median(hit.registry)
+    const coldFerrySeconds = median(cold.ferry)
+    const coldDirectSeconds = median(cold.direct)
+    return {
+      blobBytes: BLOB_BYTES,
+      runs: RUNS,
+      hitMBps: { ferry: hitFerryMBps, registry: hitRegistryMBps, ratio: hitFerryMBps / hitRegistryMBps },
+      coldSeconds: { ferry: coldFerrySeconds, direct: coldDirectSeconds, ratio: coldFerrySeconds / coldDirectSeconds },
+    }
+  } finally {
+    for (const stop of stops.reverse()) await stop().catch(() => undefined)
+    await dir.remove()
+  }
+}
+
+/** Monolithic upload through the distribution API: POST a session, PUT the bytes with the digest. */
+async function uploadBlob(registry: Registry, repository: string, blob: Buffer, digest: string): Promise<void> {
+  const start = await request(`${registry.url}/v2/${repository}/blobs/uploads/`, { method: 'POST' })
+  await start.body.dump()
+  const location = new URL(String(start.headers.location), registry.url)
+  location.searchParams.set('digest', digest)
+  const put = await request(location, { method: 'PUT', body: blob, headers: { 'content-type': 'application/octet-stream' } })
+  await put.body.dump()
+  if (put.statusCode !== 201) throw new Error(`blob upload answered ${put.statusCode}`)
+}
+
+async function curlSeconds(url: string): Promise<number> {
+  const { stdout } = await runCommand('curl', ['-sf', '-o', '/dev/null', '-w', '%{time_total} %{size_download}', url], { timeoutMs: 300_000 })
+  const [seconds, size] = stdout.trim().split(' ').map(Number)
+  if (size !== BLOB_BYTES) throw new Error(`curl got ${size} bytes from ${url}, expected ${BLOB_BYTES}`)
+  return seconds!
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  return sorted[Math.floor(sorted.length / 2)]!
+}
+
+export async function writeResult(path: string, result: unknown): Promise<void> {
+  await writeFile(path, `${JSON.stringify(result, null, 2)}\n`)
+}
