@@ -17,6 +17,8 @@ Commands:
                --mirror URL       Ferry's URL (default http://127.0.0.1:5050, or the config's listen)
                --config FILE      also write one for every registry in the config
                REGISTRY[=SERVER_URL] ...   registries to mirror; SERVER_URL is the fallback
+  status       Show a running daemon's status: store, downloads, region peers and DHT.
+               --url URL          the daemon (default http://127.0.0.1:5050)
   help         Show this text.
 `
 
@@ -31,6 +33,8 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
         return 0
       case 'hosts-toml':
         return await runHostsToml(rest, env)
+      case 'status':
+        return await runStatus(rest)
       case undefined:
       case 'help':
       case '--help':
@@ -120,6 +124,20 @@ async function runHostsToml(args: string[], env: NodeJS.ProcessEnv): Promise<num
   return 0
 }
 
+async function runStatus(args: string[]): Promise<number> {
+  const { values } = parseArgs({ args, options: { url: { type: 'string' } } })
+  const base = (values.url ?? 'http://127.0.0.1:5050').replace(/\/+$/, '')
+  let response: Response
+  try {
+    response = await fetch(`${base}/status`, { signal: AbortSignal.timeout(5000) })
+  } catch (error) {
+    process.stderr.write(`ferry: cannot reach ${base}: ${(error as Error).message}\n`)
+    return 1
+  }
+  process.stdout.write(`${JSON.stringify(await response.json(), null, 2)}\n`)
+  return response.ok ? 0 : 1
+}
+
 function redact(config: FerryConfig): unknown {
-  return JSON.parse(JSON.stringify(config, (key, value) => (key === 'password' ? '<redacted>' : value)))
+  return JSON.parse(JSON.stringify(config, (key, value) => (key === 'password' || key === 'secret' ? '<redacted>' : value)))
 }

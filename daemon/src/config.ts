@@ -3,7 +3,8 @@ import { isAbsolute, resolve } from 'node:path'
 import { parse as parseYaml } from 'yaml'
 import { z } from 'zod'
 import { normalizeRegistryHost } from '@ferry/oci'
-import { parseDuration } from './durations.js'
+import { parseRegionSecret } from '@ferry/p2p'
+import { parseDuration, parseSize } from './durations.js'
 
 /** A config problem, always naming the key at fault. */
 export class ConfigError extends Error {
@@ -36,6 +37,15 @@ const duration = (fallback: string) =>
       }
       return ms
     })
+
+const size = z.union([z.string(), z.number()]).transform((value, context) => {
+  const bytes = parseSize(value)
+  if (bytes === undefined) {
+    context.addIssue({ code: 'custom', message: `expected a size like 500MB or 50GiB, got ${JSON.stringify(value)}` })
+    return z.NEVER
+  }
+  return bytes
+})
 
 const hostPort = z.string().refine((value) => parseHostPort(value) !== undefined, {
   message: 'expected host:port, e.g. 127.0.0.1:5050',
@@ -106,6 +116,33 @@ export const configSchema = z
     orphanTimeout: duration('10m'),
     shutdownTimeout: duration('10s'),
     registries: z.record(z.string(), registrySchema).default({}),
+    p2p: z
+      .object({
+        region: z.string().regex(/^[a-z0-9][a-z0-9.-]{0,62}$/, 'expected a region name of lowercase letters, digits, "." and "-"'),
+        pskFile: z.string().min(1),
+        listen: z.union([z.string(), z.array(z.string())]).default(['/ip4/0.0.0.0/tcp/5052']),
+        bootstrap: z.array(z.string()).default([]),
+        transfer: z
+          .object({ listen: hostPort.default('0.0.0.0:5053'), advertiseHost: z.string().min(1).optional() })
+          .strict()
+          .prefault({}),
+        lookupTimeout: duration('300ms'),
+        maxProviders: z.number().int().min(1).max(20).default(5),
+        negativeCache: duration('2s'),
+        penalty: duration('60s'),
+        reprovideInterval: duration('1h'),
+        maxTransfersPerPeer: z.number().int().min(1).default(8),
+      })
+      .strict()
+      .optional(),
+    store: z
+      .object({
+        maxSize: size.optional(),
+        lowWater: z.number().gt(0).max(1).default(0.9),
+        evictionInterval: duration('1m'),
+      })
+      .strict()
+      .prefault({}),
   })
   .strict()
 
@@ -119,6 +156,21 @@ export interface UpstreamSettings {
   timeouts: { connectMs: number; firstByteMs: number; idleMs: number }
   breaker: { failureThreshold: number; openMs: number }
   tls: { ca: string | undefined; insecureSkipVerify: boolean } | undefined
+}
+
+export interface P2PSettings {
+  region: string
+  /** The region secret from pskFile. */
+  secret: Uint8Array
+  listen: string[]
+  bootstrap: string[]
+  transfer: { host: string; port: number; advertiseHost: string | undefined }
+  lookupTimeoutMs: number
+  maxProviders: number
+  negativeCacheMs: number
+  penaltyMs: number
+  reprovideIntervalMs: number
+  maxTransfersPerPeer: number
 }
 
 export interface RegistrySettings {
@@ -137,6 +189,10 @@ export interface FerryConfig {
   orphanTimeoutMs: number
   shutdownTimeoutMs: number
   registries: RegistrySettings[]
+  /** Region peers; unset means this node works alone. */
+  p2p: P2PSettings | undefined
+  /** Quota of the blob store; unset means no eviction. */
+  store: { maxBytes: number | undefined; lowWaterRatio: number; evictionIntervalMs: number }
 }
 
 export interface ConfigSources {
@@ -152,6 +208,8 @@ export interface ConfigSources {
   cwd: string
   /** Reads secret files; injected so tests need no files. */
   readFile?: (path: string) => string
+  /** Reads binary secret files (the region secret). */
+  readBinaryFile?: (path: string) => Buffer
 }
 
 /** Merges file (or embedded default), environment and flags, then validates, naming the key of every problem. */
@@ -188,6 +246,7 @@ export function loadConfig(sources: ConfigSources): FerryConfig {
 
 function finish(parsed: ParsedConfig, sources: ConfigSources): FerryConfig {
   const readFile = sources.readFile ?? ((path: string) => readFileSync(path, 'utf8'))
+  const readSecret = sources.readBinaryFile ?? ((path: string) => readFileSync(path))
   const absolute = (path: string) => (isAbsolute(path) ? path : resolve(sources.cwd, path))
   const registries: RegistrySettings[] = []
   for (const [host, registry] of Object.entries(parsed.registries)) {
@@ -248,6 +307,40 @@ function finish(parsed: ParsedConfig, sources: ConfigSources): FerryConfig {
     // With one mirrored registry, requests without `?ns=` (skopeo, crane) can only mean that one.
     defaultRegistry = registries[0]!.registry
   }
+  let p2p: P2PSettings | undefined
+  if (parsed.p2p) {
+    const settings = parsed.p2p
+    let file: Buffer
+    try {
+      file = readSecret(absolute(settings.pskFile))
+    } catch (error) {
+      throw new ConfigError(`p2p.pskFile: cannot read ${settings.pskFile}: ${(error as Error).message}`)
+    }
+    let secret: Uint8Array
+    try {
+      secret = parseRegionSecret(file)
+    } catch (error) {
+      throw new ConfigError(`p2p.pskFile: ${settings.pskFile}: ${(error as Error).message}`)
+    }
+    const listenAddresses = typeof settings.listen === 'string' ? [settings.listen] : settings.listen
+    for (const [index, address] of [...listenAddresses.map((a) => ['listen', a] as const), ...settings.bootstrap.map((a) => ['bootstrap', a] as const)].entries()) {
+      if (!address[1].startsWith('/')) throw new ConfigError(`p2p.${address[0]}: ${JSON.stringify(address[1])} is not a multiaddr (e.g. /ip4/10.0.0.1/tcp/5052) [${index}]`)
+    }
+    const transfer = parseHostPort(settings.transfer.listen)!
+    p2p = {
+      region: settings.region,
+      secret,
+      listen: listenAddresses,
+      bootstrap: settings.bootstrap,
+      transfer: { ...transfer, advertiseHost: settings.transfer.advertiseHost },
+      lookupTimeoutMs: settings.lookupTimeout,
+      maxProviders: settings.maxProviders,
+      negativeCacheMs: settings.negativeCache,
+      penaltyMs: settings.penalty,
+      reprovideIntervalMs: settings.reprovideInterval,
+      maxTransfersPerPeer: settings.maxTransfersPerPeer,
+    }
+  }
   const listen = parseHostPort(parsed.listen)!
   return deepFreeze({
     listen,
@@ -258,6 +351,8 @@ function finish(parsed: ParsedConfig, sources: ConfigSources): FerryConfig {
     orphanTimeoutMs: parsed.orphanTimeout,
     shutdownTimeoutMs: parsed.shutdownTimeout,
     registries,
+    p2p,
+    store: { maxBytes: parsed.store.maxSize, lowWaterRatio: parsed.store.lowWater, evictionIntervalMs: parsed.store.evictionInterval },
   })
 }
 
@@ -312,7 +407,7 @@ function issueMessage(issue: z.core.$ZodIssue): string {
 }
 
 function deepFreeze<T>(value: T): T {
-  if (typeof value === 'object' && value !== null) {
+  if (typeof value === 'object' && value !== null && !ArrayBuffer.isView(value)) {
     for (const child of Object.values(value)) deepFreeze(child)
     Object.freeze(value)
   }

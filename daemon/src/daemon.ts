@@ -5,10 +5,13 @@ import { pino, type Logger as PinoLogger } from 'pino'
 import { Gauge, Registry, collectDefaultMetrics } from 'prom-client'
 import type { Clock } from '@ferry/interfaces'
 import { Mirror, createMirrorMetrics } from '@ferry/mirror'
-import { MAX_PATH_LENGTH, ociErrorHandler, ociNotFoundHandler, registerRegistryApi } from '@ferry/registry-api'
-import { DiskBlobStore, LevelMetadataStore } from '@ferry/store'
+import { MAX_PATH_LENGTH, ociErrorHandler, ociFrameworkErrorHandler, ociNotFoundHandler, registerRegistryApi } from '@ferry/registry-api'
+import { DiskBlobStore, LevelMetadataStore, LruEvictor } from '@ferry/store'
+import { RegionNode } from '@ferry/p2p'
 import { UpstreamRegistry, createUpstreamMetrics } from '@ferry/upstream'
 import type { FerryConfig } from './config.js'
+
+export const FERRY_VERSION = '0.1.0'
 
 export interface DaemonOptions {
   logger?: PinoLogger
@@ -58,8 +61,57 @@ export async function startDaemon(config: FerryConfig, options: DaemonOptions = 
     }),
   }))
 
+  const region = config.p2p
+    ? await RegionNode.start(
+        {
+          logger,
+          clock,
+          blobStore,
+          metrics,
+          mediaTypeOf: async (digest) => (await metadata.getBlob(digest))?.mediaType,
+        },
+        {
+          region: config.p2p.region,
+          secret: config.p2p.secret,
+          listen: [...config.p2p.listen],
+          bootstrap: [...config.p2p.bootstrap],
+          transfer: {
+            host: config.p2p.transfer.host,
+            port: config.p2p.transfer.port,
+            ...(config.p2p.transfer.advertiseHost ? { advertiseHost: config.p2p.transfer.advertiseHost } : {}),
+          },
+          identityDir: join(config.dataDir, 'p2p'),
+          lookupTimeoutMs: config.p2p.lookupTimeoutMs,
+          maxProviders: config.p2p.maxProviders,
+          negativeCacheMs: config.p2p.negativeCacheMs,
+          penaltyMs: config.p2p.penaltyMs,
+          reprovideIntervalMs: config.p2p.reprovideIntervalMs,
+          maxTransfersPerPeer: config.p2p.maxTransfersPerPeer,
+        },
+      )
+    : undefined
+
+  const evictor =
+    config.store.maxBytes === undefined
+      ? undefined
+      : new LruEvictor(
+          { blobStore, metadata, logger: logger.child({ component: 'eviction' }), onEvicted: (digest) => region?.announcer.withdraw(digest) },
+          { maxBytes: config.store.maxBytes, lowWaterRatio: config.store.lowWaterRatio },
+        )
+  const runEviction = () => void evictor?.run().catch((error) => logger.error({ err: error }, 'eviction failed'))
+  const evictionTimer = evictor ? setInterval(runEviction, config.store.evictionIntervalMs).unref() : undefined
+  runEviction()
+
   const mirror = new Mirror(
-    { blobStore, metadata, logger, clock, metrics: mirrorMetrics },
+    {
+      blobStore,
+      metadata,
+      logger,
+      clock,
+      metrics: mirrorMetrics,
+      onCommitted: runEviction,
+      ...(region ? { peerSource: region.peerSource, announcer: region.announcer } : {}),
+    },
     { routes, tagTimeoutMs: config.tagTimeoutMs, orphanTimeoutMs: config.orphanTimeoutMs },
   )
   new Gauge({
@@ -71,6 +123,7 @@ export async function startDaemon(config: FerryConfig, options: DaemonOptions = 
     },
   })
 
+  let url = ''
   const app = Fastify({
     loggerInstance: logger as FastifyBaseLogger,
     disableRequestLogging: true,
@@ -79,11 +132,25 @@ export async function startDaemon(config: FerryConfig, options: DaemonOptions = 
     return503OnClosing: true,
     forceCloseConnections: 'idle',
     requestIdHeader: 'x-request-id',
+    frameworkErrors: ociFrameworkErrorHandler(logger),
   })
   app.setErrorHandler(ociErrorHandler(logger))
   app.setNotFoundHandler(ociNotFoundHandler)
   app.get('/healthz', async () => ({ status: 'ok' }))
   app.get('/readyz', async () => ({ status: 'ready' }))
+  app.get('/status', async () => ({
+    version: FERRY_VERSION,
+    listen: url,
+    dataDir: config.dataDir,
+    registries: config.registries.map((registry) => ({
+      registry: registry.registry,
+      peers: registry.peers && region !== undefined,
+      upstreams: registry.upstreams.map((upstream) => ({ name: upstream.name, url: upstream.url })),
+    })),
+    store: { usageBytes: await blobStore.usage(), maxBytes: config.store.maxBytes ?? null },
+    downloads: mirror.activeDownloads,
+    p2p: region ? region.status() : null,
+  }))
   app.get('/metrics', async (_request, reply) => {
     reply.header('content-type', metrics.contentType)
     return metrics.metrics()
@@ -94,7 +161,7 @@ export async function startDaemon(config: FerryConfig, options: DaemonOptions = 
   const address = app.server.address()
   const port = typeof address === 'object' && address ? address.port : config.listen.port
   const host = config.listen.host.includes(':') ? `[${config.listen.host}]` : config.listen.host
-  const url = `http://${host}:${port}`
+  url = `http://${host}:${port}`
   logger.info(
     { url, dataDir: config.dataDir, registries: config.registries.map((registry) => registry.registry), defaultRegistry: config.defaultRegistry },
     'ferry is serving',
@@ -117,7 +184,9 @@ export async function startDaemon(config: FerryConfig, options: DaemonOptions = 
           await app.close()
         } finally {
           clearTimeout(bound)
+          clearInterval(evictionTimer)
           mirror.close()
+          await region?.stop().catch((error) => logger.warn({ err: error }, 'p2p did not stop cleanly'))
           await Promise.allSettled(upstreams.map((upstream) => upstream.close()))
           await metadata.close()
         }

@@ -1,5 +1,6 @@
 import type { Readable } from 'node:stream'
 import type {
+  BlobInfo,
   BlobSource,
   BlobStore,
   Clock,
@@ -53,6 +54,8 @@ export interface MirrorComponents {
   /** Region peers, when P2P is on. */
   peerSource?: BlobSource
   announcer?: ContentAnnouncer
+  /** Called after content was committed, e.g. to enforce the store's quota. */
+  onCommitted?: (info: BlobInfo) => void
 }
 
 export interface ResolvedTag extends ManifestDescriptor {
@@ -243,6 +246,7 @@ export class Mirror {
         const now = clock.now()
         await metadata.putBlob(digest, { size: info.size, storedAt: now, lastAccess: now })
         announcer?.announce(digest)
+        this.components.onCommitted?.(info)
         logger.info({ digest, size: info.size, source: download.source }, 'blob committed')
       })
       .catch((error) => logger.warn({ err: error, digest }, 'download failed'))
@@ -326,6 +330,7 @@ export class Mirror {
     const now = clock.now()
     await metadata.putBlob(digest, { size: bytes.byteLength, mediaType, storedAt: now, lastAccess: now })
     announcer?.announce(digest)
+    this.components.onCommitted?.({ digest, size: bytes.byteLength })
     return { digest, mediaType, size: bytes.byteLength, bytes, source: source.name }
   }
 

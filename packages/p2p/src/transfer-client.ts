@@ -1,0 +1,163 @@
+import type { PeerCertificate } from 'node:tls'
+import type { FetchedContent } from '@ferry/interfaces'
+import { AbortedError, FerryError, TimeoutError, UpstreamProtocolError, UpstreamUnavailableError } from '@ferry/oci'
+import { Agent, request } from 'undici'
+import type { NodeCertificate } from './region-ca.js'
+import { BLOB_PATH_PREFIX, MEDIA_TYPE_HEADER } from './transfer-server.js'
+
+/** Why a peer failed, as counted in `ferry_p2p_peer_errors_total{kind}` (see `metrics.ts`). */
+export type PeerErrorKind = 'connect' | 'tls' | 'timeout' | 'status' | 'protocol' | 'stream' | 'corrupt'
+
+export interface TransferClientInit {
+  caCertificatePem: string
+  certificate: NodeCertificate
+  /** TCP and TLS handshake. */
+  connectTimeoutMs: number
+  /** From the request to the response headers. */
+  firstByteTimeoutMs: number
+  /** Longest pause between two body chunks. */
+  idleTimeoutMs: number
+}
+
+export type TransferResult = { outcome: 'ok'; content: FetchedContent } | { outcome: 'not_found' } | { outcome: 'busy' }
+
+/**
+ * Bytes the response body may buffer while its reader is busy. A reader that writes each chunk to
+ * disk then takes up to this much per read instead of TLS-record-sized pieces: measured here, the
+ * disk store commits 16 KiB writes at ~200 MB/s and 256 KiB+ writes at 600-800 MB/s.
+ */
+const BODY_HIGH_WATER_MARK = 1024 * 1024
+
+const TLS_ERROR_CODES = new Set([
+  'ERR_FERRY_PEER_IDENTITY',
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'CERT_SIGNATURE_FAILURE',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+])
+
+/**
+ * Fetches blobs from region peers over the transfer protocol (`transfer-server.ts`). One undici
+ * agent per peer: its TLS check accepts only a certificate from the region CA whose CN is that
+ * peer's id, and its connections are reused across that peer's transfers.
+ */
+export class TransferClient {
+  private readonly init: TransferClientInit
+  private readonly agents = new Map<string, Agent>()
+
+  constructor(init: TransferClientInit) {
+    this.init = init
+  }
+
+  /**
+   * Asks `peerId` at `baseUrl` for `digest` from `offset`. Resolves with the response body, or
+   * with `not_found`/`busy`; throws a FerryError whose `detail.kind` is a PeerErrorKind.
+   */
+  async fetch(peerId: string, baseUrl: string, digest: string, offset: number, signal: AbortSignal): Promise<TransferResult> {
+    const url = `${baseUrl}${BLOB_PATH_PREFIX}${digest}`
+    const detail = { peer: peerId, url }
+    let response: Awaited<ReturnType<typeof request>>
+    try {
+      response = await request(url, {
+        dispatcher: this.agentFor(peerId),
+        method: 'GET',
+        headers: offset > 0 ? { range: `bytes=${offset}-` } : {},
+        signal,
+        highWaterMark: BODY_HIGH_WATER_MARK,
+      })
+    } catch (error) {
+      throw peerError(error, signal, detail)
+    }
+    const { statusCode, headers, body } = response
+    const header = (name: string) => {
+      const value = headers[name]
+      return Array.isArray(value) ? value[0] : value
+    }
+    const fail = (kind: PeerErrorKind, message: string): never => {
+      body.destroy()
+      throw new (kind === 'protocol' ? UpstreamProtocolError : UpstreamUnavailableError)(`peer ${peerId} ${message}`, {
+        detail: { ...detail, kind, status: statusCode },
+      })
+    }
+    if (statusCode === 404 || statusCode === 429) {
+      await body.dump().catch(() => undefined)
+      return { outcome: statusCode === 404 ? 'not_found' : 'busy' }
+    }
+    if (statusCode !== 200 && statusCode !== 206) return fail('status', `answered ${statusCode}`)
+    const length = Number(header('content-length'))
+    if (!Number.isSafeInteger(length) || length < 0) return fail('protocol', 'sent no valid Content-Length')
+    let size = length
+    if (statusCode === 206) {
+      const match = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(header('content-range') ?? '')
+      const [first, last, total] = match ? [Number(match[1]), Number(match[2]), Number(match[3])] : [NaN, NaN, NaN]
+      if (first !== offset || last !== total - 1 || length !== total - offset) {
+        return fail('protocol', `answered range ${JSON.stringify(header('content-range'))} for bytes=${offset}-`)
+      }
+      size = total
+    } else if (offset !== 0) {
+      return fail('protocol', `ignored bytes=${offset}-`)
+    }
+    const mediaType = header(MEDIA_TYPE_HEADER)
+    return { outcome: 'ok', content: { size, offset, body, ...(mediaType ? { mediaType } : {}) } }
+  }
+
+  async close(): Promise<void> {
+    const agents = [...this.agents.values()]
+    this.agents.clear()
+    await Promise.all(agents.map((agent) => agent.destroy().catch(() => undefined)))
+  }
+
+  private agentFor(peerId: string): Agent {
+    let agent = this.agents.get(peerId)
+    if (!agent) {
+      const { caCertificatePem, certificate } = this.init
+      agent = new Agent({
+        connect: {
+          ca: [caCertificatePem],
+          cert: certificate.certificatePem,
+          key: certificate.privateKeyPem,
+          minVersion: 'TLSv1.3',
+          rejectUnauthorized: true,
+          timeout: this.init.connectTimeoutMs,
+          checkServerIdentity: (_host: string, peerCertificate: PeerCertificate) => checkPeerIdentity(peerId, peerCertificate),
+        },
+        headersTimeout: this.init.firstByteTimeoutMs,
+        bodyTimeout: this.init.idleTimeoutMs,
+      })
+      this.agents.set(peerId, agent)
+    }
+    return agent
+  }
+}
+
+/** The provider must be the peer the DHT named: its certificate (already chained to the region CA) names it. */
+function checkPeerIdentity(peerId: string, certificate: PeerCertificate): Error | undefined {
+  const name = certificate.subject?.CN
+  if (name === peerId) return undefined
+  return Object.assign(new Error(`transfer endpoint presented a certificate for ${String(name)}, expected peer ${peerId}`), {
+    code: 'ERR_FERRY_PEER_IDENTITY',
+  })
+}
+
+/** What a transport failure says about the peer. */
+export function peerErrorKind(error: unknown): PeerErrorKind {
+  if (error instanceof FerryError && typeof error.detail?.kind === 'string') return error.detail.kind as PeerErrorKind
+  const code = typeof error === 'object' && error !== null ? String((error as { code?: unknown }).code ?? '') : ''
+  if (code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT' || code === 'ETIMEDOUT') {
+    return 'timeout'
+  }
+  if (TLS_ERROR_CODES.has(code) || code.startsWith('ERR_TLS') || code.startsWith('ERR_SSL')) return 'tls'
+  return 'connect'
+}
+
+function peerError(error: unknown, signal: AbortSignal, detail: Record<string, unknown>): FerryError {
+  if (signal.aborted) return new AbortedError(`transfer from peer ${String(detail.peer)} was aborted`, { cause: error, detail })
+  const kind = peerErrorKind(error)
+  const reason = error instanceof Error ? error.message : String(error)
+  const ErrorClass = kind === 'timeout' ? TimeoutError : UpstreamUnavailableError
+  return new ErrorClass(`peer ${String(detail.peer)} could not be reached: ${reason}`, { cause: error, detail: { ...detail, kind } })
+}
