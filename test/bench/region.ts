@@ -1,0 +1,181 @@
+/**
+ * Region benchmarks (issue 3), side by side in one run:
+ * - peer path: a 256 MiB blob pulled through a cold Ferry whose region peer holds it (look-up,
+ *   mutual-TLS transfer, verify, commit, serve) vs the same blob fetched directly from the CNCF
+ *   registry, and vs a raw loopback TCP copy (the machine's limit), curl as the client;
+ * - rollout: N cold daemons pull the same new image at once; bytes the registry served divided by
+ *   the image size (1.0 would be every blob crossing once).
+ */
+import { createHash, randomBytes } from 'node:crypto'
+import { writeFile } from 'node:fs/promises'
+import { createServer, connect, type AddressInfo } from 'node:net'
+import { request } from 'undici'
+import { createTempDir, runCommand, startRegistry, type Registry } from '../harness/index.js'
+import { startFerryProcess, type FerryProcess } from './ferry-process.js'
+
+const BLOB_BYTES = 256 * 1024 * 1024
+const RUNS = 3
+const ROLLOUT_NODES = 8
+const ROLLOUT_LAYER_BYTES = 32 * 1024 * 1024
+
+export interface RegionResult {
+  peerPath: { ferryPeerMBps: number; registryDirectMBps: number; rawTcpMBps: number; ratioToRegistry: number; ratioToRawTcp: number }
+  rollout: { nodes: number; imageBytes: number; registryBlobBytes: number; ratio: number }
+}
+
+export async function benchRegion(log: (line: string) => void): Promise<RegionResult> {
+  const dir = await createTempDir('bench-region')
+  const stops: Array<() => Promise<unknown>> = []
+  try {
+    const registry = await startRegistry({ dir: dir.path, name: 'regional', auth: 'none' })
+    stops.push(() => registry.stop())
+    const host = new URL(registry.url).host
+    const secretPath = dir.join('region.secret')
+    await writeFile(secretPath, randomBytes(32).toString('hex'))
+    const p2p = (bootstrap: string[]) => ({
+      p2p: { region: 'bench', pskFile: secretPath, listen: '/ip4/127.0.0.1/tcp/0', transfer: { listen: '127.0.0.1:0' }, bootstrap, lookupTimeout: '1s' },
+    })
+    const startNode = async (name: string, bootstrap: string[]) => {
+      const node = await startFerryProcess(dir.join(name), { [host]: [registry.url] }, p2p(bootstrap))
+      stops.push(() => node.stop())
+      return node
+    }
+
+    // Peer path.
+    const blob = randomBytes(BLOB_BYTES)
+    const digest = await uploadBlob(registry, 'bench/big', blob)
+    const blobUrl = (base: string) => `${base}/v2/bench/big/blobs/${digest}?ns=${encodeURIComponent(host)}`
+    const seed = await startNode('seed', [])
+    const seedAddress = await listenAddress(seed)
+    await curlSeconds(blobUrl(seed.url), BLOB_BYTES)
+    await waitUntil(async () => (await status(seed)).p2p.providing > 0)
+    const peer: number[] = []
+    const direct: number[] = []
+    const raw: number[] = []
+    for (let run = 0; run < RUNS; run += 1) {
+      direct.push(BLOB_BYTES / 1e6 / (await curlSeconds(blobUrl(registry.url), BLOB_BYTES)))
+      const cold = await startNode(`cold-${run}`, [seedAddress])
+      await waitUntil(async () => (await status(cold)).p2p.connectedPeers.length > 0)
+      peer.push(BLOB_BYTES / 1e6 / (await curlSeconds(blobUrl(cold.url), BLOB_BYTES)))
+      const fromPeer = await metricSum(cold, 'ferry_fetched_bytes_total', 'source="peer"')
+      if (fromPeer !== BLOB_BYTES) throw new Error(`the cold node took ${fromPeer} bytes from peers, expected ${BLOB_BYTES}`)
+      await cold.stop()
+      raw.push(await measureRawTcpMBps(blob))
+      log(`peer path run ${run + 1}/${RUNS}: via peer ${peer.at(-1)!.toFixed(0)} MB/s, registry direct ${direct.at(-1)!.toFixed(0)} MB/s, raw TCP ${raw.at(-1)!.toFixed(0)} MB/s`)
+    }
+    await seed.stop()
+
+    // Rollout: N cold nodes in one region pull the same new image at the same moment.
+    const layers = [randomBytes(ROLLOUT_LAYER_BYTES), randomBytes(ROLLOUT_LAYER_BYTES / 2), randomBytes(4096)]
+    const layerDigests = await Promise.all(layers.map((layer) => uploadBlob(registry, 'bench/rollout', layer)))
+    const imageBytes = layers.reduce((sum, layer) => sum + layer.length, 0)
+    const nodes: FerryProcess[] = [await startNode('rollout-0', [])]
+    const firstAddress = await listenAddress(nodes[0]!)
+    for (let index = 1; index < ROLLOUT_NODES; index += 1) nodes.push(await startNode(`rollout-${index}`, [firstAddress]))
+    await waitUntil(async () => (await Promise.all(nodes.map(status))).every((node) => node.p2p.connectedPeers.length > 0))
+    const before = await registryBlobBytes(registry, 'bench/rollout')
+    await Promise.all(
+      nodes.map((node) =>
+        Promise.all(
+          layerDigests.map((layerDigest, index) =>
+            curlSeconds(`${node.url}/v2/bench/rollout/blobs/${layerDigest}?ns=${encodeURIComponent(host)}`, layers[index]!.length),
+          ),
+        ),
+      ),
+    )
+    const served = (await registryBlobBytes(registry, 'bench/rollout')) - before
+    log(`rollout: ${ROLLOUT_NODES} nodes, image ${imageBytes} bytes, registry served ${served} blob bytes = ${(served / imageBytes).toFixed(2)}x the image`)
+    const ferryPeerMBps = median(peer)
+    const registryDirectMBps = median(direct)
+    const rawTcpMBps = median(raw)
+    return {
+      peerPath: {
+        ferryPeerMBps,
+        registryDirectMBps,
+        rawTcpMBps,
+        ratioToRegistry: ferryPeerMBps / registryDirectMBps,
+        ratioToRawTcp: ferryPeerMBps / rawTcpMBps,
+      },
+      rollout: { nodes: ROLLOUT_NODES, imageBytes, registryBlobBytes: served, ratio: served / imageBytes },
+    }
+  } finally {
+    for (const stop of stops.reverse()) await stop().catch(() => undefined)
+    await dir.remove()
+  }
+}
+
+interface Status {
+  p2p: { providing: number; listen: string[]; connectedPeers: unknown[] }
+}
+
+async function status(node: FerryProcess): Promise<Status> {
+  const response = await request(`${node.url}/status`)
+  return (await response.body.json()) as Status
+}
+
+async function listenAddress(node: FerryProcess): Promise<string> {
+  return (await status(node)).p2p.listen[0]!
+}
+
+async function metricSum(node: FerryProcess, name: string, labelFilter: string): Promise<number> {
+  const text = await (await request(`${node.url}/metrics`)).body.text()
+  return text
+    .split('\n')
+    .filter((line) => line.startsWith(`${name}{`) && line.includes(labelFilter))
+    .reduce((sum, line) => sum + Number(line.slice(line.lastIndexOf(' ') + 1)), 0)
+}
+
+async function registryBlobBytes(registry: Registry, repository: string): Promise<number> {
+  const entries = await registry.readAccessLog()
+  return entries.filter((entry) => entry.kind === 'blob' && entry.method === 'GET' && entry.repository === repository).reduce((sum, entry) => sum + (entry.bytes ?? 0), 0)
+}
+
+async function uploadBlob(registry: Registry, repository: string, blob: Buffer): Promise<string> {
+  const digest = `sha256:${createHash('sha256').update(blob).digest('hex')}`
+  const start = await request(`${registry.url}/v2/${repository}/blobs/uploads/`, { method: 'POST' })
+  await start.body.dump()
+  const location = new URL(String(start.headers.location), registry.url)
+  location.searchParams.set('digest', digest)
+  const put = await request(location, { method: 'PUT', body: blob })
+  await put.body.dump()
+  if (put.statusCode !== 201) throw new Error(`blob upload answered ${put.statusCode}`)
+  return digest
+}
+
+async function curlSeconds(url: string, expectedBytes: number): Promise<number> {
+  const { stdout } = await runCommand('curl', ['-sf', '-o', '/dev/null', '-w', '%{time_total} %{size_download}', url], { timeoutMs: 600_000 })
+  const [seconds, size] = stdout.trim().split(' ').map(Number)
+  if (size !== expectedBytes) throw new Error(`curl got ${size} bytes from ${url}, expected ${expectedBytes}`)
+  return seconds!
+}
+
+/** A raw loopback TCP copy of the blob from a server to a client in this process. */
+async function measureRawTcpMBps(blob: Buffer): Promise<number> {
+  const server = createServer((socket) => socket.end(blob))
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const { port } = server.address() as AddressInfo
+  const started = performance.now()
+  await new Promise<void>((resolve, reject) => {
+    let received = 0
+    const socket = connect(port, '127.0.0.1')
+    socket.on('data', (chunk) => (received += chunk.length))
+    socket.on('end', () => (received === blob.length ? resolve() : reject(new Error(`raw copy got ${received} bytes`))))
+    socket.on('error', reject)
+  })
+  const seconds = (performance.now() - started) / 1000
+  server.close()
+  return blob.length / 1e6 / seconds
+}
+
+async function waitUntil(condition: () => Promise<boolean>): Promise<void> {
+  for (let attempt = 0; attempt < 300; attempt += 1) {
+    if (await condition().catch(() => false)) return
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+  throw new Error('condition not reached within 30 s')
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  return sorted[Math.floor(sorted.length / 2)]!
+}
