@@ -1,5 +1,7 @@
 import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { parseArgs } from 'node:util'
+import { loadOrCreateNodeCa } from '@ferry/proxy'
 import { ConfigError, loadConfig, type FerryConfig } from './config.js'
 import { startDaemon } from './daemon.js'
 import { writeHostsTomls, type HostsTomlEntry } from './hosts-toml.js'
@@ -17,6 +19,9 @@ Commands:
                --mirror URL       Ferry's URL (default http://127.0.0.1:5050, or the config's listen)
                --config FILE      also write one for every registry in the config
                REGISTRY[=SERVER_URL] ...   registries to mirror; SERVER_URL is the fallback
+  proxy-ca     Print the node CA of proxy mode (PEM), creating it if needed: install it as
+               /etc/docker/certs.d/<registry>/ca.crt (or in the system trust store).
+               --config FILE      as for daemon (the CA lives in proxy.caDir, default <dataDir>/proxy-ca)
   status       Show a running daemon's status: store, downloads, region peers and DHT.
                --url URL          the daemon (default http://127.0.0.1:5050)
   help         Show this text.
@@ -35,6 +40,8 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
         return await runHostsToml(rest, env)
       case 'status':
         return await runStatus(rest)
+      case 'proxy-ca':
+        return await runProxyCa(rest, env)
       case undefined:
       case 'help':
       case '--help':
@@ -121,6 +128,14 @@ async function runHostsToml(args: string[], env: NodeJS.ProcessEnv): Promise<num
   if (entries.length === 0) throw new ConfigError('hosts-toml: name at least one registry, or --config FILE')
   const written = await writeHostsTomls(values.dir ?? '/etc/containerd/certs.d', entries, mirror ?? 'http://127.0.0.1:5050')
   for (const path of written) process.stdout.write(`${path}\n`)
+  return 0
+}
+
+async function runProxyCa(args: string[], env: NodeJS.ProcessEnv): Promise<number> {
+  const { config } = configFromArgs(args, env)
+  const caDir = config.proxy?.caDir ?? join(config.dataDir, 'proxy-ca')
+  const ca = await loadOrCreateNodeCa(caDir)
+  process.stdout.write(ca.certificatePem)
   return 0
 }
 

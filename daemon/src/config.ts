@@ -116,6 +116,10 @@ export const configSchema = z
     orphanTimeout: duration('10m'),
     shutdownTimeout: duration('10s'),
     registries: z.record(z.string(), registrySchema).default({}),
+    proxy: z
+      .object({ listen: hostPort.default('127.0.0.1:5051'), caDir: z.string().min(1).optional(), connectTimeout: duration('5s') })
+      .strict()
+      .optional(),
     p2p: z
       .object({
         region: z.string().regex(/^[a-z0-9][a-z0-9.-]{0,62}$/, 'expected a region name of lowercase letters, digits, "." and "-"'),
@@ -189,6 +193,8 @@ export interface FerryConfig {
   orphanTimeoutMs: number
   shutdownTimeoutMs: number
   registries: RegistrySettings[]
+  /** Forward-proxy mode for Docker hosts; unset means off. */
+  proxy: { listen: { host: string; port: number }; caDir: string; connectTimeoutMs: number } | undefined
   /** Region peers; unset means this node works alone. */
   p2p: P2PSettings | undefined
   /** Quota of the blob store; unset means no eviction. */
@@ -351,6 +357,13 @@ function finish(parsed: ParsedConfig, sources: ConfigSources): FerryConfig {
     orphanTimeoutMs: parsed.orphanTimeout,
     shutdownTimeoutMs: parsed.shutdownTimeout,
     registries,
+    proxy: parsed.proxy
+      ? {
+          listen: parseHostPort(parsed.proxy.listen)!,
+          caDir: absolute(parsed.proxy.caDir ?? resolve(absolute(parsed.dataDir), 'proxy-ca')),
+          connectTimeoutMs: parsed.proxy.connectTimeout,
+        }
+      : undefined,
     p2p,
     store: { maxBytes: parsed.store.maxSize, lowWaterRatio: parsed.store.lowWater, evictionIntervalMs: parsed.store.evictionInterval },
   })

@@ -1,6 +1,6 @@
 import { mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import { pino, type Logger as PinoLogger } from 'pino'
 import { Gauge, Registry, collectDefaultMetrics } from 'prom-client'
 import type { Clock } from '@ferry/interfaces'
@@ -8,6 +8,8 @@ import { Mirror, createMirrorMetrics } from '@ferry/mirror'
 import { MAX_PATH_LENGTH, ociErrorHandler, ociFrameworkErrorHandler, ociNotFoundHandler, registerRegistryApi } from '@ferry/registry-api'
 import { DiskBlobStore, LevelMetadataStore, LruEvictor } from '@ferry/store'
 import { RegionNode } from '@ferry/p2p'
+import { ForwardProxy, forwardRequest, loadOrCreateNodeCa } from '@ferry/proxy'
+import { TLSSocket } from 'node:tls'
 import { UpstreamRegistry, createUpstreamMetrics } from '@ferry/upstream'
 import type { FerryConfig } from './config.js'
 
@@ -22,6 +24,8 @@ export interface RunningDaemon {
   /** Base URL of the mirror API, e.g. http://127.0.0.1:5050. */
   url: string
   port: number
+  /** Proxy mode's URL, when it is on. */
+  proxyUrl: string | undefined
   app: FastifyInstance
   metrics: Registry
   close(): Promise<void>
@@ -158,12 +162,13 @@ export async function startDaemon(config: FerryConfig, options: DaemonOptions = 
   await app.register(async (scope) => registerRegistryApi(scope, { mirror, logger }, { defaultRegistry: config.defaultRegistry }))
 
   await app.listen({ host: config.listen.host, port: config.listen.port })
+  const proxy = config.proxy ? await startProxy(config, { mirror, logger }) : undefined
   const address = app.server.address()
   const port = typeof address === 'object' && address ? address.port : config.listen.port
   const host = config.listen.host.includes(':') ? `[${config.listen.host}]` : config.listen.host
   url = `http://${host}:${port}`
   logger.info(
-    { url, dataDir: config.dataDir, registries: config.registries.map((registry) => registry.registry), defaultRegistry: config.defaultRegistry },
+    { url, proxyUrl: proxy?.url, dataDir: config.dataDir, registries: config.registries.map((registry) => registry.registry), defaultRegistry: config.defaultRegistry },
     'ferry is serving',
   )
 
@@ -171,6 +176,7 @@ export async function startDaemon(config: FerryConfig, options: DaemonOptions = 
   return {
     url,
     port,
+    proxyUrl: proxy?.url,
     app,
     metrics,
     close() {
@@ -185,6 +191,7 @@ export async function startDaemon(config: FerryConfig, options: DaemonOptions = 
         } finally {
           clearTimeout(bound)
           clearInterval(evictionTimer)
+          await proxy?.close()
           mirror.close()
           await region?.stop().catch((error) => logger.warn({ err: error }, 'p2p did not stop cleanly'))
           await Promise.allSettled(upstreams.map((upstream) => upstream.close()))
@@ -194,4 +201,37 @@ export async function startDaemon(config: FerryConfig, options: DaemonOptions = 
       return closing
     },
   }
+}
+
+/**
+ * Proxy mode: a forward proxy whose terminated CONNECT tunnels (and plain proxy requests) to
+ * mirrored registries are served by a second instance of the registry API that takes the registry
+ * from the Host header and forwards what it does not serve to the real registry.
+ */
+async function startProxy(config: FerryConfig, components: { mirror: Mirror; logger: PinoLogger }): Promise<ForwardProxy> {
+  const { mirror, logger } = components
+  const settings = config.proxy!
+  const ca = await loadOrCreateNodeCa(settings.caDir)
+  const inner = Fastify({ loggerInstance: logger as FastifyBaseLogger, disableRequestLogging: true, maxParamLength: MAX_PATH_LENGTH * 2 })
+  const passthrough = async (request: FastifyRequest, reply: FastifyReply) => {
+    reply.hijack()
+    const scheme = request.raw.socket instanceof TLSSocket ? 'https' : 'http'
+    const target = new URL(`${scheme}://${request.headers.host ?? ''}${request.raw.url ?? '/'}`)
+    const isPing = target.pathname === '/v2/' || target.pathname === '/v2'
+    await forwardRequest(request.raw, reply.raw, target, {
+      logger,
+      connectTimeoutMs: settings.connectTimeoutMs,
+      // With the real registry out of reach, cached images must still pull: answer the ping here.
+      ...(isPing ? { whenUnreachable: (response) => response.writeHead(200, { 'content-type': 'application/json', 'docker-distribution-api-version': 'registry/2.0' }).end('{}') } : {}),
+    })
+  }
+  inner.setErrorHandler(ociErrorHandler(logger))
+  inner.setNotFoundHandler(passthrough)
+  await inner.register(async (scope) => registerRegistryApi(scope, { mirror, logger }, { defaultRegistry: undefined, registryFrom: 'host', passthrough }))
+  await inner.ready()
+  const mirrored = new Set(config.registries.map((registry) => registry.registry))
+  return ForwardProxy.start(
+    { logger, ca, mirrorServer: inner.server },
+    { host: settings.listen.host, port: settings.listen.port, isMirrored: (registry) => mirrored.has(registry), connectTimeoutMs: settings.connectTimeoutMs },
+  )
 }

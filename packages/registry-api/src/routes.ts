@@ -1,15 +1,25 @@
 import type { ServerResponse } from 'node:http'
 import { pipeline } from 'node:stream/promises'
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { Logger } from '@ferry/interfaces'
 import type { Mirror } from '@ferry/mirror'
-import { FerryError, MediaTypes, ociErrorBody, NotMirroredError, UnsupportedError, normalizeRegistryHost } from '@ferry/oci'
+import { FerryError, InvalidNameError, MediaTypes, ociErrorBody, NotMirroredError, UnsupportedError, normalizeRegistryHost } from '@ferry/oci'
 import { ociErrorFor } from './oci-errors.js'
-import { parseV2Path } from './paths.js'
+import { parseV2Path, type V2Route } from './paths.js'
 
 export interface RegistryApiInit {
   /** Registry for requests without containerd's `?ns=` (skopeo, crane, docker's registry-mirrors). */
   defaultRegistry: string | undefined
+  /**
+   * Where the registry of a request comes from: containerd's `?ns=` (mirror mode, the default), or
+   * the Host header (proxy mode, where the client talks to the registry's own name).
+   */
+  registryFrom?: 'ns' | 'host'
+  /**
+   * Proxy mode: requests Ferry does not serve itself (pushes, the `/v2/` ping, other paths) go here,
+   * to be forwarded to the real registry, instead of answering UNSUPPORTED.
+   */
+  passthrough?: (request: FastifyRequest, reply: FastifyReply) => Promise<void>
 }
 
 export interface RegistryApiComponents {
@@ -47,15 +57,24 @@ export async function registerRegistryApi(app: FastifyInstance, components: Regi
 
   async function handle(request: FastifyRequest, reply: FastifyReply): Promise<void> {
     const url = new URL(request.raw.url ?? '/', 'http://ferry.invalid')
-    const route = parseV2Path(url.pathname)
+    const { passthrough } = init
+    let route: V2Route
+    try {
+      route = parseV2Path(url.pathname)
+    } catch (error) {
+      if (passthrough && error instanceof UnsupportedError) return passthrough(request, reply)
+      throw error
+    }
     if (request.method !== 'GET' && request.method !== 'HEAD') {
+      if (passthrough) return passthrough(request, reply)
       throw new UnsupportedError(`${request.method} is not supported: Ferry is a pull-only mirror`)
     }
+    if (route.kind === 'base' && passthrough) return passthrough(request, reply)
     if (route.kind === 'base') {
       reply.headers({ ...API_VERSION_HEADER, 'content-type': 'application/json' })
       return reply.send({})
     }
-    const registry = registryOf(url)
+    const registry = registryOf(url, request)
     const head = request.method === 'HEAD'
     const log = logger.child({ reqId: request.id, registry, repository: route.repository })
 
@@ -122,7 +141,11 @@ export async function registerRegistryApi(app: FastifyInstance, components: Regi
     return undefined
   }
 
-  function registryOf(url: URL): string {
+  function registryOf(url: URL, request: FastifyRequest): string {
+    if (init.registryFrom === 'host') {
+      const host = (request.headers.host ?? '').replace(/:443$/, '')
+      return normalizeRegistryHost(host)
+    }
     const namespace = url.searchParams.get('ns')
     if (namespace !== null) return normalizeRegistryHost(namespace)
     if (defaultRegistry === undefined) {
@@ -165,6 +188,24 @@ export function ociErrorHandler(logger: Logger) {
       reply.header('content-range', `bytes */${error.detail.size}`)
     }
     reply.code(status).headers({ ...API_VERSION_HEADER, 'content-type': 'application/json' }).send(body)
+  }
+}
+
+/**
+ * Fastify's `frameworkErrors`: what its router refuses before any route runs (a malformed
+ * percent-encoding in the path, an over-long parameter) would otherwise get fastify's own JSON
+ * body instead of an OCI error.
+ */
+export function ociFrameworkErrorHandler(logger: Logger) {
+  const handle = ociErrorHandler(logger)
+  return (error: FastifyError, request: FastifyRequest, reply: FastifyReply) => {
+    if (error.code === 'FST_ERR_BAD_URL') {
+      handle(new InvalidNameError('malformed percent-encoding in the request path', { cause: error }), request, reply)
+    } else if (error.code === 'FST_ERR_MAX_PARAM_LENGTH') {
+      handle(new InvalidNameError('request path too long', { cause: error }), request, reply)
+    } else {
+      handle(error, request, reply)
+    }
   }
 }
 
