@@ -290,6 +290,7 @@ test('the metrics parser handles labels with escapes, special values and timesta
       'ferry_up 1',
       'ferry_latency_bucket{le="+Inf"} +Inf',
       'ferry_ratio NaN',
+      'ferry_prom_client_ratio Nan',
     ].join('\n'),
   );
   assert.equal(metrics.value('ferry_bytes_total', { source: 'peer', path: 'a"b\\c' }), 10);
@@ -299,6 +300,7 @@ test('the metrics parser handles labels with escapes, special values and timesta
   assert.equal(metrics.value('ferry_up'), 1);
   assert.equal(metrics.value('ferry_latency_bucket', { le: '+Inf' }), Infinity);
   assert.ok(Number.isNaN(metrics.value('ferry_ratio')));
+  assert.ok(Number.isNaN(metrics.value('ferry_prom_client_ratio')), 'prom-client writes NaN as Nan');
   assert.equal(metrics.sum('ferry_missing'), 0);
   assert.throws(() => parsePrometheusText('ferry_bad{label=unquoted} 1'), /bad label/);
 });

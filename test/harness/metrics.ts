@@ -55,13 +55,16 @@ function unescapeLabelValue(value: string): string {
   return value.replace(/\\(.)/g, (_, escaped: string) => (escaped === 'n' ? '\n' : escaped));
 }
 
+// Prometheus reads special values case-insensitively (Go's strconv.ParseFloat), and prom-client
+// writes NaN as "Nan".
 function parseValue(text: string): number {
-  switch (text) {
-    case '+Inf':
+  switch (text.toLowerCase()) {
+    case '+inf':
+    case 'inf':
       return Infinity;
-    case '-Inf':
+    case '-inf':
       return -Infinity;
-    case 'NaN':
+    case 'nan':
       return NaN;
     default: {
       const value = Number(text);

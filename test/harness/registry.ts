@@ -73,6 +73,13 @@ export interface Registry {
   readonly logPath: string;
   /** Prometheus endpoint on the registry's debug listener. */
   readonly metricsUrl: string;
+  /** The filesystem driver's `rootdirectory`. */
+  readonly storageRoot: string;
+  /**
+   * Where the registry keeps a blob's bytes: `<root>/docker/registry/v2/blobs/sha256/<xx>/<hex>/data`.
+   * The registry does not verify this file when it serves it, so tests can corrupt it in place.
+   */
+  blobDataPath(digest: string): string;
   /**
    * The access log up to now. A line is written just after its response ends, so a client may
    * see the response first; this sends a marker request and waits until the marker is logged.
@@ -81,6 +88,14 @@ export interface Registry {
   readAccessLog(): Promise<AccessLogEntry[]>;
   /** Number of `GET /v2/<repo>/blobs/<digest>` requests, optionally for one digest. */
   countBlobGets(digest?: string, filter?: BlobGetFilter): Promise<number>;
+  /**
+   * Freezes the registry (SIGSTOP): the kernel still accepts connections, but nothing is answered
+   * until resume(). Lets a test hold a download open for as long as it needs, without sleeping.
+   * readAccessLog() and countBlobGets() wait for the registry, so call them after resume().
+   */
+  pause(): void;
+  /** Undoes pause() (SIGCONT). */
+  resume(): void;
   stop(): Promise<void>;
 }
 
@@ -215,6 +230,11 @@ export async function startRegistry(options: StartRegistryOptions): Promise<Regi
     accessLogPath,
     logPath,
     metricsUrl: `http://127.0.0.1:${debugPort}/metrics`,
+    storageRoot: join(dir, 'data'),
+    blobDataPath: (digest) => {
+      const [algorithm, hex] = digest.split(':') as [string, string];
+      return join(dir, 'data', 'docker', 'registry', 'v2', 'blobs', algorithm, hex.slice(0, 2), hex, 'data');
+    },
     readAccessLog,
     countBlobGets: async (digest, filter = {}) =>
       (await readAccessLog()).filter(
@@ -225,7 +245,15 @@ export async function startRegistry(options: StartRegistryOptions): Promise<Regi
           (filter.status === undefined || entry.status === filter.status) &&
           (filter.repository === undefined || entry.repository === filter.repository),
       ).length,
+    pause: () => {
+      process.kill(child.pid, 'SIGSTOP');
+    },
+    resume: () => {
+      if (!child.hasExited()) process.kill(child.pid, 'SIGCONT');
+    },
     stop: async () => {
+      // A stopped process would not act on SIGTERM until the SIGKILL bound.
+      if (!child.hasExited()) process.kill(child.pid, 'SIGCONT');
       await child.stop();
     },
   };

@@ -77,6 +77,24 @@ export function blobStoreConformance(name: string, factory: StoreFactory<BlobSto
         await late.close()
       }))
 
+    it('opens readers at any moment of a commit', () =>
+      withStore(async (store) => {
+        const writer = await store.ingest(digest, content.length)
+        await writer.write(content)
+        writer.verify()
+        // A follower may arrive while the commit moves the content into place.
+        let committed = false
+        const commit = writer.commit().then(() => {
+          committed = true
+        })
+        do {
+          const reader = await writer.openReader()
+          assert.deepEqual(await reader.read(0, content.length), content)
+          await reader.close()
+        } while (!committed)
+        await commit
+      }))
+
     it('refuses content that does not match its digest and keeps nothing', () =>
       withStore(async (store) => {
         const writer = await store.ingest(digest)

@@ -172,8 +172,9 @@ class DiskBlobWriter implements BlobWriter {
     try {
       handle = await open(this.state === 'committed' ? this.store.pathOf(this.digest) : this.tempPath, 'r')
     } catch (error) {
-      // Committed between the check and the open: the content is now at its final path.
-      if (!isNotFound(error) || this.state !== 'committed') throw error
+      // Renamed into place between the check and the open: commit renames before it syncs the
+      // directory and sets 'committed', so a verified writer's temp file may already be gone.
+      if (!isNotFound(error) || (this.state !== 'committed' && this.state !== 'verified')) throw error
       handle = await open(this.store.pathOf(this.digest), 'r')
     }
     const writer = this
