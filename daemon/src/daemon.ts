@@ -4,6 +4,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRepl
 import { pino, type Logger as PinoLogger } from 'pino'
 import { Gauge, Registry, collectDefaultMetrics } from 'prom-client'
 import type { Clock } from '@ferry/interfaces'
+import { UpstreamUnavailableError } from '@ferry/oci'
 import { Mirror, createMirrorMetrics } from '@ferry/mirror'
 import { MAX_PATH_LENGTH, ociErrorHandler, ociFrameworkErrorHandler, ociNotFoundHandler, registerRegistryApi } from '@ferry/registry-api'
 import { DiskBlobStore, LevelMetadataStore, LruEvictor } from '@ferry/store'
@@ -65,6 +66,9 @@ export async function startDaemon(config: FerryConfig, options: DaemonOptions = 
     }),
   }))
 
+  // The region node needs the mirror (fetch-through for peers) and the mirror the region node (its
+  // peer source): the mirror is bound once built; until then peers are told this node cannot help.
+  let mirrorForPeers: Mirror | undefined
   const region = config.p2p
     ? await RegionNode.start(
         {
@@ -73,6 +77,10 @@ export async function startDaemon(config: FerryConfig, options: DaemonOptions = 
           blobStore,
           metrics,
           mediaTypeOf: async (digest) => (await metadata.getBlob(digest))?.mediaType,
+          fetchThrough: async (request) => {
+            if (!mirrorForPeers) throw new UpstreamUnavailableError('ferry is starting')
+            return mirrorForPeers.fetchThrough(request)
+          },
         },
         {
           region: config.p2p.region,
@@ -118,6 +126,7 @@ export async function startDaemon(config: FerryConfig, options: DaemonOptions = 
     },
     { routes, tagTimeoutMs: config.tagTimeoutMs, orphanTimeoutMs: config.orphanTimeoutMs },
   )
+  mirrorForPeers = mirror
   new Gauge({
     name: 'ferry_active_downloads',
     help: 'Downloads in progress',
@@ -131,7 +140,7 @@ export async function startDaemon(config: FerryConfig, options: DaemonOptions = 
   const app = Fastify({
     loggerInstance: logger as FastifyBaseLogger,
     disableRequestLogging: true,
-    maxParamLength: MAX_PATH_LENGTH * 2,
+    routerOptions: { maxParamLength: MAX_PATH_LENGTH * 2 },
     bodyLimit: 1024 * 1024,
     return503OnClosing: true,
     forceCloseConnections: 'idle',
@@ -212,7 +221,7 @@ async function startProxy(config: FerryConfig, components: { mirror: Mirror; log
   const { mirror, logger } = components
   const settings = config.proxy!
   const ca = await loadOrCreateNodeCa(settings.caDir)
-  const inner = Fastify({ loggerInstance: logger as FastifyBaseLogger, disableRequestLogging: true, maxParamLength: MAX_PATH_LENGTH * 2 })
+  const inner = Fastify({ loggerInstance: logger as FastifyBaseLogger, disableRequestLogging: true, routerOptions: { maxParamLength: MAX_PATH_LENGTH * 2 } })
   const passthrough = async (request: FastifyRequest, reply: FastifyReply) => {
     reply.hijack()
     const scheme = request.raw.socket instanceof TLSSocket ? 'https' : 'http'

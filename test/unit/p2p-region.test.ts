@@ -397,7 +397,11 @@ describe('p2p region', () => {
     const stalled = new StalledBlobStore()
     scope.defer(() => stalled.release())
     const slow = await startNode(scope, 'a', { blobStore: stalled })
-    const fetcher = await startNode(scope, 'b', { bootstrap: [slow.address], config: { transferTimeouts: { firstByteMs: 200 } } })
+    // Before its record is found, the slow node may be asked as the digest's owner (fetch-through): bounded alike.
+    const fetcher = await startNode(scope, 'b', {
+      bootstrap: [slow.address],
+      config: { transferTimeouts: { firstByteMs: 200, fetchThroughFirstByteMs: 200 } },
+    })
     await waitForRegion([slow, fetcher])
     const bytes = randomBytes(1024)
     const digest = await commit(stalled, bytes)

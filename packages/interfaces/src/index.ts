@@ -111,6 +111,12 @@ export interface FetchRequest {
   /** First byte wanted; a source that cannot start there must throw. */
   offset: number
   signal: AbortSignal
+  /**
+   * Set when a region peer forwarded this request to this node (fetch-through): this node fetches
+   * it itself, so its sources must not forward it to another peer again (copying a peer's
+   * committed blob is still fine).
+   */
+  forwarded?: boolean
 }
 
 /** Bytes a source answered with, starting at `offset` of a blob of `size` bytes. */

@@ -34,6 +34,8 @@ export interface DownloadInit {
   sources: BlobSource[]
   /** How long a download goes on with no client reading it. */
   orphanTimeoutMs: number
+  /** Started for a region peer's fetch-through: the sources are told, so the peer source does not forward it again. */
+  forwarded?: boolean
 }
 
 /**
@@ -186,8 +188,8 @@ export class Download {
   }
 
   private request(offset: number): FetchRequest {
-    const { kind, registry, repository, digest } = this.init
-    return { kind, registry, repository, digest, offset, signal: this.controller.signal }
+    const { kind, registry, repository, digest, forwarded } = this.init
+    return { kind, registry, repository, digest, offset, signal: this.controller.signal, ...(forwarded ? { forwarded } : {}) }
   }
 
   private async run(): Promise<BlobInfo> {

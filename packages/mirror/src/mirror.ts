@@ -1,4 +1,4 @@
-import type { Readable } from 'node:stream'
+import { Readable } from 'node:stream'
 import type {
   BlobInfo,
   BlobSource,
@@ -6,6 +6,8 @@ import type {
   Clock,
   ContentAnnouncer,
   ContentKind,
+  FetchedContent,
+  FetchRequest,
   Logger,
   ManifestDescriptor,
   MetadataStore,
@@ -66,6 +68,15 @@ export interface ResolvedTag extends ManifestDescriptor {
 export interface ManifestContent extends ManifestDescriptor {
   bytes: Buffer
   source: string
+}
+
+/** How a request reached this node. */
+export interface MirrorRequestOptions {
+  /**
+   * A region peer forwarded it (fetch-through): this node fetches the content itself, and the
+   * download it starts never forwards to a peer again (it may still copy a peer's committed blob).
+   */
+  forwarded?: boolean
 }
 
 export interface BlobContent {
@@ -147,7 +158,7 @@ export class Mirror {
   }
 
   /** A manifest by digest: local store, then peers, then upstreams; verified and kept. */
-  async manifest(registry: string, repository: string, digest: string): Promise<ManifestContent> {
+  async manifest(registry: string, repository: string, digest: string, options: MirrorRequestOptions = {}): Promise<ManifestContent> {
     const route = this.route(registry)
     const local = await this.localManifest(digest)
     if (local) {
@@ -156,7 +167,7 @@ export class Mirror {
     }
     let fetch = this.manifestFetches.get(digest)
     if (!fetch) {
-      fetch = this.fetchManifest(route, repository, digest).finally(() => this.manifestFetches.delete(digest))
+      fetch = this.fetchManifest(route, repository, digest, options.forwarded === true).finally(() => this.manifestFetches.delete(digest))
       this.manifestFetches.set(digest, fetch)
     }
     try {
@@ -170,14 +181,19 @@ export class Mirror {
   }
 
   /** Size and source of a blob, starting its download when it is not here (a HEAD precedes a GET). */
-  async statBlob(registry: string, repository: string, digest: string): Promise<{ size: number; source: string }> {
+  async statBlob(
+    registry: string,
+    repository: string,
+    digest: string,
+    options: MirrorRequestOptions = {},
+  ): Promise<{ size: number; source: string }> {
     const route = this.route(registry)
     const local = await this.components.blobStore.stat(digest)
     if (local) {
       this.countRequest('blob', 'local', 'hit')
       return { size: local.size, source: 'local' }
     }
-    const download = this.download(route, repository, digest)
+    const download = this.download(route, repository, digest, 'blob', options.forwarded === true)
     try {
       await download.ready
     } catch (error) {
@@ -189,7 +205,13 @@ export class Mirror {
   }
 
   /** A blob, whole or a range of it, from the local store or from the one download of it. */
-  async blob(registry: string, repository: string, digest: string, rangeHeader: string | undefined): Promise<BlobContent> {
+  async blob(
+    registry: string,
+    repository: string,
+    digest: string,
+    rangeHeader: string | undefined,
+    options: MirrorRequestOptions = {},
+  ): Promise<BlobContent> {
     const route = this.route(registry)
     const { blobStore } = this.components
     const local = await blobStore.stat(digest)
@@ -202,7 +224,7 @@ export class Mirror {
         return { size: local.size, range, source: 'local', body }
       }
     }
-    const download = this.download(route, repository, digest)
+    const download = this.download(route, repository, digest, 'blob', options.forwarded === true)
     try {
       await download.ready
     } catch (error) {
@@ -215,6 +237,25 @@ export class Mirror {
     const body = download.follow(range ?? { start: 0, end: size })
     this.countRequest('blob', source, 'fetched')
     return { size, range, source, body }
+  }
+
+  /**
+   * Content for a region peer that forwarded `request` to this node (fetch-through): from the local
+   * store, or from the one download of the digest, started here if none runs. Only mirrored
+   * registries are served (NotMirroredError otherwise: no open proxy). The body runs from
+   * `request.offset` to the end, and a blob's last byte comes only after its digest was verified.
+   */
+  async fetchThrough(request: FetchRequest): Promise<FetchedContent> {
+    const { kind, registry, repository, digest, offset } = request
+    const options = { forwarded: true }
+    if (kind === 'manifest') {
+      const manifest = await this.manifest(registry, repository, digest, options)
+      const range = offset > 0 ? resolveRange(`bytes=${offset}-`, manifest.size) : undefined
+      const bytes = range ? manifest.bytes.subarray(range.start) : manifest.bytes
+      return { size: manifest.size, offset, mediaType: manifest.mediaType, body: Readable.from([bytes]) }
+    }
+    const blob = await this.blob(registry, repository, digest, offset > 0 ? `bytes=${offset}-` : undefined, options)
+    return { size: blob.size, offset: blob.range?.start ?? 0, body: blob.body }
   }
 
   /** Counts bytes sent to a client; the API layer calls it when a response ends. */
@@ -232,13 +273,22 @@ export class Mirror {
     return route.peers && peerSource ? [peerSource, ...route.upstreams] : [...route.upstreams]
   }
 
-  private download(route: RegistryRoute, repository: string, digest: string, kind: ContentKind = 'blob'): Download {
+  /** The one download of `digest`; a forwarded request that starts it makes it a forwarded one. */
+  private download(route: RegistryRoute, repository: string, digest: string, kind: ContentKind, forwarded: boolean): Download {
     const existing = this.downloads.get(digest)
     if (existing) return existing
     const { blobStore, logger, metrics, metadata, clock, announcer } = this.components
     const download = new Download(
       { blobStore, logger, metrics },
-      { kind, registry: route.registry, repository, digest, sources: this.sourcesOf(route), orphanTimeoutMs: this.init.orphanTimeoutMs },
+      {
+        kind,
+        registry: route.registry,
+        repository,
+        digest,
+        sources: this.sourcesOf(route),
+        orphanTimeoutMs: this.init.orphanTimeoutMs,
+        forwarded,
+      },
     )
     this.downloads.set(digest, download)
     download.done
@@ -265,7 +315,7 @@ export class Mirror {
     return { digest, mediaType, size: bytes.byteLength, bytes, source: 'local' }
   }
 
-  private async fetchManifest(route: RegistryRoute, repository: string, digest: string): Promise<ManifestContent> {
+  private async fetchManifest(route: RegistryRoute, repository: string, digest: string, forwarded: boolean): Promise<ManifestContent> {
     const { logger, metrics } = this.components
     const failures: Error[] = []
     const peerSource = route.peers ? this.components.peerSource : undefined
@@ -278,6 +328,7 @@ export class Mirror {
           digest,
           offset: 0,
           signal: AbortSignal.timeout(this.init.tagTimeoutMs),
+          forwarded,
         })
         if (content) {
           const bytes = await readLimited(content.body, MAX_MANIFEST_BYTES)

@@ -13,8 +13,24 @@ export interface RegionMetrics {
   /** Distinct providers a look-up found, self and penalised peers included. */
   providersFound: Histogram
   peerErrors: Counter<'kind'>
-  /** Fetches through the peer source: `ok`, `not_found`, `negative_cache`, `failed`, `aborted`. */
+  /**
+   * Fetches through the peer source: `ok` (a provider served), `fetch_through` (the owner served),
+   * `not_found`, `negative_cache`, `failed`.
+   */
   fetches: Counter<'result'>
+  /**
+   * Fetch-through requests this node made to the owner of a digest nobody holds yet: `ok`,
+   * `not_found` (the owner does not mirror it, or nobody has it), `busy`, `unavailable` (the owner's
+   * own sources failed), `failed` (the owner failed: penalised), or `self` when this node is the
+   * owner and fetches it from its upstreams.
+   */
+  fetchThroughs: Counter<'result'>
+  /**
+   * Fetch-through requests this node answered as owner: `ok`, `committed` (already held: served from
+   * the store), `interrupted`, `not_mirrored`, `not_found`, `range_not_satisfiable`, `unavailable`,
+   * `bad_request`.
+   */
+  fetchThroughsServed: Counter<'result'>
   /** Transfer requests this node answered to peers, by result (`ok`, `not_found`, `busy`, ...). */
   servedRequests: Counter<'result'>
   servedBytes: Counter
@@ -67,6 +83,18 @@ export function createRegionMetrics(registry: Registry | undefined, gauges: Regi
     fetches: new Counter({
       name: 'ferry_p2p_fetches_total',
       help: 'Content fetches through region peers, by result.',
+      labelNames: ['result'],
+      registers,
+    }),
+    fetchThroughs: new Counter({
+      name: 'ferry_p2p_fetch_through_total',
+      help: "Fetch-through requests made to a digest's owner in the region, by result.",
+      labelNames: ['result'],
+      registers,
+    }),
+    fetchThroughsServed: new Counter({
+      name: 'ferry_p2p_fetch_through_served_total',
+      help: 'Fetch-through requests answered to region peers as owner, by result.',
       labelNames: ['result'],
       registers,
     }),

@@ -4,7 +4,16 @@ import { AbortedError, type FerryError, parseDigest, UpstreamUnavailableError } 
 import type { RegionMetrics } from './metrics.js'
 import { NegativeCache } from './negative-cache.js'
 import type { PenaltyBox } from './penalties.js'
+import { rendezvousOwner } from './rendezvous.js'
 import { peerErrorKind, type PeerErrorKind, type TransferClient } from './transfer-client.js'
+import type { FetchThroughTarget } from './transfer-server.js'
+
+/** A region peer this node is connected to, with the transfer endpoints it announced. */
+export interface RegionMember {
+  peerId: string
+  /** `https://` base URLs of its transfer server; a peer without any is not a candidate owner. */
+  addresses: string[]
+}
 
 export interface PeerBlobSourceComponents {
   logger: Logger
@@ -13,6 +22,8 @@ export interface PeerBlobSourceComponents {
   router: ContentRouter
   transfers: TransferClient
   penalties: PenaltyBox
+  /** The region peers this node is connected to: the candidates, with this node, to own a digest. */
+  members: () => Promise<RegionMember[]>
 }
 
 export interface PeerBlobSourceInit {
@@ -22,6 +33,9 @@ export interface PeerBlobSourceInit {
   maxProviders: number
   negativeCacheMs: number
 }
+
+/** What asking one peer came to; an Error when the peer failed (and was penalised). */
+type Outcome = FetchedContent | 'not_found' | 'busy' | 'unavailable' | Error
 
 /** How long to remember which peers served a digest, so that a later `reportCorrupt` can name them. */
 const CONTRIBUTOR_MEMORY_MS = 60 * 60 * 1000
@@ -34,9 +48,19 @@ const MAX_ENDPOINTS_PER_PROVIDER = 3
  * request's signal), skip this node and penalised peers, and ask at most `maxProviders` providers
  * in the order the look-up finds them, from `request.offset`.
  *
+ * Region-wide single flight: when no provider served it, the digest's owner among this node and
+ * its connected, unpenalised peers (`rendezvous.ts`) fetches it for the region. Another owner is
+ * asked with a fetch-through request, which streams the owner's one download as it arrives; when
+ * this node is the owner, undefined tells the caller to fetch it from its upstreams. An owner that
+ * is also a provider is asked once, with a fetch-through request (its copy may be gone). A request
+ * a peer forwarded here (`request.forwarded`) is never forwarded again: it may be served by
+ * providers only, and then falls to this node's upstreams.
+ *
  * - undefined: nobody provides the digest (cached for `negativeCacheMs`), every provider was
- *   skipped, or every one asked no longer had it (a stale record is not the peer's fault).
- * - throws: providers were asked and failed (or were busy), so the caller moves to its next source.
+ *   skipped, or every one asked no longer had it (a stale record is not the peer's fault), and no
+ *   other owner could be asked or it had no source for it.
+ * - throws: providers or the owner were asked and failed (or were busy), so the caller moves to
+ *   its next source.
  * - A provider that fails to connect, times out, answers an error, breaks its body mid-transfer or
  *   is reported corrupt is penalised for `penaltyMs` and skipped meanwhile.
  *
@@ -60,45 +84,82 @@ export class PeerBlobSource implements BlobSource {
     const { metrics } = this.components
     const digest = parseDigest(request.digest).digest
     if (request.signal.aborted) throw this.aborted(digest)
-    if (this.negative.has(digest)) {
-      metrics.fetches.inc({ result: 'negative_cache' })
-      return undefined
-    }
-    const lookup = this.lookUp(digest, request.signal)
-    const failures: Error[] = []
-    let asked = 0
-    let busy = 0
-    try {
-      for (let provider = await lookup.next(); provider; provider = await lookup.next()) {
-        asked += 1
-        const outcome = await this.ask(provider.peerId, provider.addresses, digest, request)
-        if (outcome instanceof Error) failures.push(outcome)
-        else if (outcome === 'busy') busy += 1
-        else if (outcome !== 'not_found') {
-          metrics.fetches.inc({ result: 'ok' })
-          return outcome
-        }
-        if (asked >= this.init.maxProviders) break
-      }
-    } finally {
-      await lookup.close()
-    }
+    // Who fetches the digest for the region if nobody holds it; a forwarded request stays here.
+    const owner = request.forwarded ? undefined : await this.owner(digest)
     if (request.signal.aborted) throw this.aborted(digest)
-    if (lookup.error) failures.push(lookup.error)
-    if (lookup.found === 0 && failures.length === 0) {
-      this.negative.add(digest)
-      metrics.fetches.inc({ result: 'not_found' })
+    const failures: Error[] = []
+    const busy = new Set<string>()
+    const asked = new Set<string>()
+    const record = (peerId: string, outcome: Outcome): FetchedContent | undefined => {
+      asked.add(peerId)
+      if (outcome instanceof Error) failures.push(outcome)
+      else if (outcome === 'busy') busy.add(peerId)
+      else if (outcome === 'unavailable') {
+        const detail = { digest, peer: peerId }
+        failures.push(new UpstreamUnavailableError(`the owner of ${digest}, peer ${peerId}, could not fetch it`, { detail }))
+      } else if (outcome !== 'not_found') return outcome
       return undefined
     }
-    if (failures.length === 0 && busy === 0) {
-      metrics.fetches.inc({ result: 'not_found' })
+
+    const cached = this.negative.has(digest)
+    if (!cached) {
+      const lookup = this.lookUp(digest, request.signal)
+      try {
+        for (let provider = await lookup.next(); provider; provider = await lookup.next()) {
+          // A provider that is also the owner is asked to fetch through: if its record is stale
+          // (evicted), it fetches the digest again for the region rather than answering 404.
+          const content = record(provider.peerId, await this.ask(provider, digest, request, provider.peerId === owner?.peerId))
+          if (content) {
+            metrics.fetches.inc({ result: 'ok' })
+            return content
+          }
+          if (asked.size >= this.init.maxProviders) break
+        }
+      } finally {
+        await lookup.close()
+      }
+      if (request.signal.aborted) throw this.aborted(digest)
+      if (lookup.error) failures.push(lookup.error)
+      if (lookup.found === 0 && failures.length === 0) this.negative.add(digest)
+    }
+    if (owner === undefined) {
+      if (!request.forwarded) metrics.fetchThroughs.inc({ result: 'self' })
+    } else if (!asked.has(owner.peerId)) {
+      const content = record(owner.peerId, await this.ask(owner, digest, request, true))
+      if (content) {
+        metrics.fetches.inc({ result: 'fetch_through' })
+        return content
+      }
+    }
+    if (failures.length === 0 && busy.size === 0) {
+      metrics.fetches.inc({ result: cached ? 'negative_cache' : 'not_found' })
       return undefined
     }
     metrics.fetches.inc({ result: 'failed' })
     throw new UpstreamUnavailableError(`no region peer could serve ${digest}`, {
       cause: new AggregateError(failures),
-      detail: { digest, providers: lookup.found, asked, busy },
+      detail: { digest, asked: [...asked], busy: [...busy] },
     })
+  }
+
+  /**
+   * The peer that fetches `digest` for the region when nobody holds it: the rendezvous winner among
+   * this node and its connected, unpenalised peers that announced a transfer endpoint; undefined
+   * when that is this node.
+   */
+  private async owner(digest: string): Promise<RegionMember | undefined> {
+    const { logger, members, penalties } = this.components
+    let candidates: RegionMember[]
+    try {
+      candidates = (await members()).filter(
+        (member) => member.peerId !== this.init.self && member.addresses.length > 0 && !penalties.isPenalised(member.peerId),
+      )
+    } catch (error) {
+      logger.warn({ err: error, digest }, 'could not list region members; fetching without an owner')
+      return undefined
+    }
+    const owner = rendezvousOwner(digest, [this.init.self, ...candidates.map((member) => member.peerId)])
+    return candidates.find((member) => member.peerId === owner)
   }
 
   /**
@@ -163,22 +224,33 @@ export class PeerBlobSource implements BlobSource {
   }
 
   /**
-   * Asks one provider, trying its next endpoint only when an address is unreachable. A provider
-   * that fails is penalised and its error returned.
+   * Asks one provider, or with `fetchThrough` the digest's owner, trying its next endpoint only
+   * when an address is unreachable. A peer that fails is penalised and its error returned.
    */
-  private async ask(
-    peerId: string,
-    addresses: string[],
-    digest: string,
-    request: FetchRequest,
-  ): Promise<FetchedContent | 'not_found' | 'busy' | Error> {
+  private async ask(peer: ProviderRecord, digest: string, request: FetchRequest, fetchThrough: boolean): Promise<Outcome> {
+    const outcome = await this.askEndpoints(peer, digest, request, fetchThrough)
+    if (fetchThrough) {
+      const result = outcome instanceof Error ? 'failed' : typeof outcome === 'string' ? outcome : 'ok'
+      this.components.metrics.fetchThroughs.inc({ result })
+    }
+    return outcome
+  }
+
+  private async askEndpoints(peer: ProviderRecord, digest: string, request: FetchRequest, fetchThrough: boolean): Promise<Outcome> {
     const { logger, metrics, transfers } = this.components
+    const { peerId, addresses } = peer
+    const through: FetchThroughTarget | undefined = fetchThrough
+      ? { kind: request.kind, registry: request.registry, repository: request.repository }
+      : undefined
     let failure: Error | undefined
     for (const baseUrl of addresses.slice(0, MAX_ENDPOINTS_PER_PROVIDER)) {
       try {
-        const result = await transfers.fetch(peerId, baseUrl, digest, request.offset, request.signal)
+        const result = await transfers.fetch(peerId, baseUrl, digest, request.offset, request.signal, through ? { through } : {})
         if (result.outcome !== 'ok') return result.outcome
-        logger.debug({ digest, peer: peerId, offset: request.offset, size: result.content.size }, 'fetching from region peer')
+        logger.debug(
+          { digest, peer: peerId, offset: request.offset, size: result.content.size, fetchThrough: through !== undefined },
+          through ? 'fetching through the owner in the region' : 'fetching from region peer',
+        )
         return this.watch(peerId, digest, result.content, request.signal)
       } catch (error) {
         if (request.signal.aborted) throw this.aborted(digest, error)

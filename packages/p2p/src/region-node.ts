@@ -1,6 +1,6 @@
 import type { BlobSource, BlobStore, Clock, ContentAnnouncer, Logger } from '@ferry/interfaces'
 import { identify, type Identify } from '@libp2p/identify'
-import type { Libp2p } from '@libp2p/interface'
+import type { Connection, Libp2p } from '@libp2p/interface'
 import { kadDHT, type KadDHT, type SingleKadDHT } from '@libp2p/kad-dht'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { ping, type Ping } from '@libp2p/ping'
@@ -16,13 +16,13 @@ import { loadOrCreateIdentity } from './identity.js'
 import { createRegionMetrics, type RegionMetrics } from './metrics.js'
 import { regionNoise } from './noise-psk.js'
 import { PenaltyBox } from './penalties.js'
-import { PeerBlobSource } from './peer-source.js'
+import { PeerBlobSource, type RegionMember } from './peer-source.js'
 import { regionPeerInfoMapper } from './peer-info-mapper.js'
 import { createRegionCertificateAuthority } from './region-ca.js'
 import { MIN_SECRET_BYTES } from './region-secret.js'
 import { TransferClient } from './transfer-client.js'
 import { announcedAddresses, isWildcard, transferUrls } from './transfer-endpoint.js'
-import { TransferServer } from './transfer-server.js'
+import { TransferServer, type FetchThrough } from './transfer-server.js'
 
 export interface RegionConfig {
   /** Region name, e.g. `ap-southeast-1`; part of every protocol id (`/ferry/<region>/kad/1.0.0`). */
@@ -59,8 +59,19 @@ export interface RegionConfig {
   provideConcurrency?: number
   /** Bound of one DHT provide; default 10 s. */
   provideTimeoutMs?: number
-  /** Transfer client bounds: TCP+TLS connect (1 s), response headers (3 s), pause within a body (10 s). */
-  transferTimeouts?: { connectMs?: number; firstByteMs?: number; idleMs?: number }
+  /**
+   * Transfer client bounds: TCP+TLS connect (1 s), response headers (3 s), pause within a body
+   * (10 s); for a fetch-through owner, connect (3 s: giving up costs a second upstream fetch) and
+   * response headers (15 s: the owner answers once its own download knows the size, after its
+   * look-up and its upstream's first byte).
+   */
+  transferTimeouts?: {
+    connectMs?: number
+    firstByteMs?: number
+    idleMs?: number
+    fetchThroughConnectMs?: number
+    fetchThroughFirstByteMs?: number
+  }
 }
 
 export interface RegionNodeComponents {
@@ -72,6 +83,12 @@ export interface RegionNodeComponents {
   mediaTypeOf?: (digest: string) => Promise<string | undefined>
   /** Host name resolution for bootstrap names; default `dns.lookup` with `all: true`. */
   resolve?: HostResolver
+  /**
+   * Fetches content this node does not hold for a peer that asked it as the digest's owner
+   * (region-wide single flight), e.g. the mirror with the request marked forwarded. Without it,
+   * fetch-through requests are answered 404 and the requester fetches from its own upstreams.
+   */
+  fetchThrough?: FetchThrough
 }
 
 export interface RegionStatus {
@@ -156,7 +173,7 @@ export class RegionNode {
     })
 
     const transferServer = await TransferServer.start(
-      { logger, blobStore, metrics, mediaTypeOf: components.mediaTypeOf },
+      { logger, blobStore, metrics, mediaTypeOf: components.mediaTypeOf, fetchThrough: components.fetchThrough },
       {
         host: config.transfer.host,
         port: config.transfer.port,
@@ -216,9 +233,11 @@ export class RegionNode {
       connectTimeoutMs: transferTimeouts.connectMs ?? 1_000,
       firstByteTimeoutMs: transferTimeouts.firstByteMs ?? 3_000,
       idleTimeoutMs: transferTimeouts.idleMs ?? 10_000,
+      fetchThroughConnectTimeoutMs: transferTimeouts.fetchThroughConnectMs,
+      fetchThroughFirstByteTimeoutMs: transferTimeouts.fetchThroughFirstByteMs,
     })
     const peerSource = new PeerBlobSource(
-      { logger, clock, metrics, router, transfers: transferClient, penalties },
+      { logger, clock, metrics, router, transfers: transferClient, penalties, members: () => connectedMembers(libp2p) },
       {
         self: peerId,
         lookupTimeoutMs: config.lookupTimeoutMs,
@@ -333,6 +352,20 @@ async function publishOwnAddresses(libp2p: Libp2p, logger: Logger): Promise<void
   } catch (error) {
     logger.warn({ err: error }, 'could not record own addresses in the peer store')
   }
+}
+
+/** The region peers with an open connection, and the transfer endpoints identify told of them. */
+async function connectedMembers(libp2p: Libp2p): Promise<RegionMember[]> {
+  const peers = new Map<string, Connection['remotePeer']>()
+  for (const connection of libp2p.getConnections()) {
+    if (connection.status === 'open') peers.set(connection.remotePeer.toString(), connection.remotePeer)
+  }
+  return Promise.all(
+    [...peers].map(async ([peerId, id]) => {
+      const peer = await libp2p.peerStore.get(id).catch(() => undefined)
+      return { peerId, addresses: peer ? transferUrls(peer.addresses.map((address) => address.multiaddr)) : [] }
+    }),
+  )
 }
 
 function bracket(host: string): string {

@@ -3,7 +3,7 @@ import type { FetchedContent } from '@ferry/interfaces'
 import { AbortedError, FerryError, TimeoutError, UpstreamProtocolError, UpstreamUnavailableError } from '@ferry/oci'
 import { Agent, request } from 'undici'
 import type { NodeCertificate } from './region-ca.js'
-import { BLOB_PATH_PREFIX, MEDIA_TYPE_HEADER } from './transfer-server.js'
+import { BLOB_PATH_PREFIX, MEDIA_TYPE_HEADER, type FetchThroughTarget } from './transfer-server.js'
 
 /** Why a peer failed, as counted in `ferry_p2p_peer_errors_total{kind}` (see `metrics.ts`). */
 export type PeerErrorKind = 'connect' | 'tls' | 'timeout' | 'status' | 'protocol' | 'stream' | 'corrupt'
@@ -15,11 +15,29 @@ export interface TransferClientInit {
   connectTimeoutMs: number
   /** From the request to the response headers. */
   firstByteTimeoutMs: number
+  /**
+   * TCP and TLS handshake with a fetch-through owner (default 3 s): giving up on it costs a second
+   * fetch from the upstreams rather than a try at the next provider, so a busy owner gets longer.
+   */
+  fetchThroughConnectTimeoutMs?: number | undefined
+  /**
+   * From a fetch-through request to the response headers (default 15 s): the owner answers once its
+   * own download knows the size, after its DHT look-up and its upstream's first byte.
+   */
+  fetchThroughFirstByteTimeoutMs?: number | undefined
   /** Longest pause between two body chunks. */
   idleTimeoutMs: number
 }
 
-export type TransferResult = { outcome: 'ok'; content: FetchedContent } | { outcome: 'not_found' } | { outcome: 'busy' }
+/**
+ * `not_found`: not committed there (or, for a fetch-through, not mirrored or found by the owner);
+ * `busy`: too many transfers from this node; `unavailable`: a fetch-through owner's own sources failed.
+ */
+export type TransferResult =
+  | { outcome: 'ok'; content: FetchedContent }
+  | { outcome: 'not_found' }
+  | { outcome: 'busy' }
+  | { outcome: 'unavailable' }
 
 /**
  * Bytes the response body may buffer while its reader is busy. A reader that writes each chunk to
@@ -42,8 +60,9 @@ const TLS_ERROR_CODES = new Set([
 
 /**
  * Fetches blobs from region peers over the transfer protocol (`transfer-server.ts`). One undici
- * agent per peer: its TLS check accepts only a certificate from the region CA whose CN is that
- * peer's id, and its connections are reused across that peer's transfers.
+ * agent per peer (and another for fetch-through requests, with their own bounds): its TLS check
+ * accepts only a certificate from the region CA whose CN is that peer's id, and its connections
+ * are reused across that peer's transfers.
  */
 export class TransferClient {
   private readonly init: TransferClientInit
@@ -54,16 +73,26 @@ export class TransferClient {
   }
 
   /**
-   * Asks `peerId` at `baseUrl` for `digest` from `offset`. Resolves with the response body, or
-   * with `not_found`/`busy`; throws a FerryError whose `detail.kind` is a PeerErrorKind.
+   * Asks `peerId` at `baseUrl` for `digest` from `offset`; with `through`, as a fetch-through of
+   * content the peer may not hold yet. Resolves with the response body, or with
+   * `not_found`/`busy`/`unavailable`; throws a FerryError whose `detail.kind` is a PeerErrorKind.
    */
-  async fetch(peerId: string, baseUrl: string, digest: string, offset: number, signal: AbortSignal): Promise<TransferResult> {
-    const url = `${baseUrl}${BLOB_PATH_PREFIX}${digest}`
+  async fetch(
+    peerId: string,
+    baseUrl: string,
+    digest: string,
+    offset: number,
+    signal: AbortSignal,
+    options: { through?: FetchThroughTarget } = {},
+  ): Promise<TransferResult> {
+    const { through } = options
+    const query = through ? `?${new URLSearchParams({ kind: through.kind, registry: through.registry, repository: through.repository })}` : ''
+    const url = `${baseUrl}${BLOB_PATH_PREFIX}${digest}${query}`
     const detail = { peer: peerId, url }
     let response: Awaited<ReturnType<typeof request>>
     try {
       response = await request(url, {
-        dispatcher: this.agentFor(peerId),
+        dispatcher: this.agentFor(peerId, through !== undefined),
         method: 'GET',
         headers: offset > 0 ? { range: `bytes=${offset}-` } : {},
         signal,
@@ -83,9 +112,9 @@ export class TransferClient {
         detail: { ...detail, kind, status: statusCode },
       })
     }
-    if (statusCode === 404 || statusCode === 429) {
+    if (statusCode === 404 || statusCode === 429 || (through && statusCode === 502)) {
       await body.dump().catch(() => undefined)
-      return { outcome: statusCode === 404 ? 'not_found' : 'busy' }
+      return { outcome: statusCode === 404 ? 'not_found' : statusCode === 429 ? 'busy' : 'unavailable' }
     }
     if (statusCode !== 200 && statusCode !== 206) return fail('status', `answered ${statusCode}`)
     const length = Number(header('content-length'))
@@ -111,8 +140,9 @@ export class TransferClient {
     await Promise.all(agents.map((agent) => agent.destroy().catch(() => undefined)))
   }
 
-  private agentFor(peerId: string): Agent {
-    let agent = this.agents.get(peerId)
+  private agentFor(peerId: string, fetchThrough: boolean): Agent {
+    const key = fetchThrough ? `${peerId} fetch-through` : peerId
+    let agent = this.agents.get(key)
     if (!agent) {
       const { caCertificatePem, certificate } = this.init
       agent = new Agent({
@@ -122,13 +152,13 @@ export class TransferClient {
           key: certificate.privateKeyPem,
           minVersion: 'TLSv1.3',
           rejectUnauthorized: true,
-          timeout: this.init.connectTimeoutMs,
+          timeout: fetchThrough ? (this.init.fetchThroughConnectTimeoutMs ?? 3_000) : this.init.connectTimeoutMs,
           checkServerIdentity: (_host: string, peerCertificate: PeerCertificate) => checkPeerIdentity(peerId, peerCertificate),
         },
-        headersTimeout: this.init.firstByteTimeoutMs,
+        headersTimeout: fetchThrough ? (this.init.fetchThroughFirstByteTimeoutMs ?? 15_000) : this.init.firstByteTimeoutMs,
         bodyTimeout: this.init.idleTimeoutMs,
       })
-      this.agents.set(peerId, agent)
+      this.agents.set(key, agent)
     }
     return agent
   }
