@@ -114,6 +114,38 @@ describe('Mirror: blobs', () => {
     assert.deepEqual(await readAll((await blobStore.open(digest))!), content)
   })
 
+  it('completes in one response when a source that asked to be held until verified lies', async () => {
+    const { mirror, upstreams, blobStore } = setup({ upstreams: 2 })
+    const content = randomBytes(400_000)
+    const digest = upstreams[0]!.addBlob(content)
+    upstreams[1]!.addBlob(content)
+    upstreams[0]!.corrupt = true
+    upstreams[0]!.holdUntilVerified = true
+    const reply = await mirror.blob(REGISTRY, 'team/app', digest, undefined)
+    const { bytes, error } = await readUntilEnd(reply.body)
+    assert.equal(error, undefined, 'nothing unverified reached the client, so the retry from the next source continues the same response')
+    assert.deepEqual(bytes, content)
+    assert.equal(upstreams[0]!.corruptReports, 1)
+    assert.deepEqual(await readAll((await blobStore.open(digest))!), content)
+  })
+
+  it('passes nothing of a held source on before verification', async () => {
+    const { mirror, upstreams } = setup()
+    const content = randomBytes(600_000)
+    const digest = upstreams[0]!.addBlob(content)
+    upstreams[0]!.holdUntilVerified = true
+    upstreams[0]!.holdLastBytes = 1
+    const reply = await mirror.blob(REGISTRY, 'team/app', digest, undefined)
+    let received = 0
+    reply.body.on('data', (chunk: Buffer) => (received += chunk.length))
+    await upstreams[0]!.waitUntilHeld()
+    await waitFor(async () => (await mirror.statBlob(REGISTRY, 'team/app', digest)).size === content.length)
+    assert.equal(received, 0, 'all but one byte arrived at Ferry, none went on to the client')
+    upstreams[0]!.release()
+    await new Promise((resolve) => reply.body.once('end', resolve))
+    assert.equal(received, content.length)
+  })
+
   it('fails, committing nothing, when the only upstream sends corrupt bytes', async () => {
     const { mirror, upstreams, blobStore } = setup()
     const content = randomBytes(100_000)

@@ -125,6 +125,12 @@ export interface FetchedContent {
   offset: number
   mediaType?: string
   body: Readable
+  /**
+   * Pass none of these bytes on before the whole blob is verified. For sources where a wrong copy
+   * is a real possibility and another source is at hand (region peers): a client that received a
+   * corrupt prefix cannot be made whole by a resume, so it must receive nothing unverified.
+   */
+  holdUntilVerified?: boolean
 }
 
 /**

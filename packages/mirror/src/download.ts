@@ -73,6 +73,8 @@ export class Download {
   private attempt = 0
   /** The attempt whose bytes were verified; its followers may send the last byte. */
   private verifiedAttempt = -1
+  /** The attempt that took bytes from a source asking them to be held until verified. */
+  private heldAttempt = -1
   private readers = 0
   private orphanTimer: NodeJS.Timeout | undefined
   private waiters: Array<() => void> = []
@@ -169,7 +171,8 @@ export class Download {
         }
         // The blob's last byte goes out only after verification, so corrupt content is never served whole.
         const verified = this.verifiedAttempt === this.attempt
-        const reachable = Math.min(range.end, verified ? this.size : this.size - 1)
+        const held = this.heldAttempt === this.attempt && !verified
+        const reachable = held ? position : Math.min(range.end, verified ? this.size : this.size - 1)
         const limit = Math.min(reachable, writer.written)
         // Wait for a sizeable read unless this is the last of what can be sent before verification.
         const enough = limit - position >= Math.min(FOLLOW_READ_BYTES, reachable - position)
@@ -282,6 +285,7 @@ export class Download {
           this.resolveReady()
         }
         this.source ??= source.name
+        if (content.holdUntilVerified) this.heldAttempt = this.attempt
         contributors.add(source)
         // An abort (shutdown, orphan timeout) must end a transfer even while the source is silent.
         const stopTransfer = () => content.body.destroy(this.controller.signal.reason as Error)

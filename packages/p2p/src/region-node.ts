@@ -264,8 +264,21 @@ export class RegionNode {
     // Records provided while the routing table was empty reached no one: provide again once it is not.
     // kad-dht's routing table is an event target, though its public type only shows `size`.
     const routingTable = (libp2p.services.dht as SingleKadDHT).routingTable as unknown as EventTarget & { size: number }
+    // kad-dht queries for itself (which finds the rest of the region) 1 s after start and then only
+    // every few minutes: nodes that start together and meet the region late would learn only their
+    // bootstrap peer. Learning the first peer is the moment to look for the others.
+    let refreshing = false
     routingTable.addEventListener('peer:add', () => {
       if (routingTable.size === 1) announcer.requestSweep()
+      if (routingTable.size <= 2 && !refreshing) {
+        refreshing = true
+        ;(libp2p.services.dht as SingleKadDHT)
+          .refreshRoutingTable({ signal: AbortSignal.timeout(10_000) })
+          .catch((error: unknown) => logger.debug({ err: error }, 'routing table refresh failed'))
+          .finally(() => {
+            refreshing = false
+          })
+      }
     })
     bootstrapper.start()
     announcer.requestSweep()

@@ -131,7 +131,8 @@ export class TransferClient {
       return fail('protocol', `ignored bytes=${offset}-`)
     }
     const mediaType = header(MEDIA_TYPE_HEADER)
-    return { outcome: 'ok', content: { size, offset, body, ...(mediaType ? { mediaType } : {}) } }
+    // Peers' bytes reach clients only once verified: the pull chain has upstreams to fall back on.
+    return { outcome: 'ok', content: { size, offset, body, holdUntilVerified: true, ...(mediaType ? { mediaType } : {}) } }
   }
 
   async close(): Promise<void> {

@@ -109,6 +109,9 @@ export async function registerRegistryApi(app: FastifyInstance, components: Regi
     const headers = blobHeaders(route.digest, blob.range ? blob.range.end - blob.range.start : blob.size)
     if (blob.range) headers['content-range'] = `bytes ${blob.range.start}-${blob.range.end - 1}/${blob.size}`
     writeHead(reply, blob.range ? 206 : 200, headers)
+    // Node holds headers back until the first body byte; a body held until verification (bytes
+    // from a peer) may be seconds away, and the client should know at once that it is coming.
+    reply.raw.flushHeaders()
     let sent = 0
     blob.body.on('data', (chunk: Buffer) => {
       sent += chunk.byteLength

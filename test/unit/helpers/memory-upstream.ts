@@ -17,6 +17,8 @@ export class MemoryUpstream implements UpstreamSource {
   breakAfterBytes: number | undefined
   /** Flip a byte of every blob served. */
   corrupt = false
+  /** Ask the mirror to pass none of this source's bytes on before verification (as peers do). */
+  holdUntilVerified = false
   /** Hold each transfer before its last `holdLastBytes` bytes until `release()`. */
   holdLastBytes: number | undefined
   bytesServed = 0
@@ -111,7 +113,7 @@ export class MemoryUpstream implements UpstreamSource {
         yield chunk
       }
     }
-    return { size: bytes.length, offset: request.offset, body: Readable.from(body()) }
+    return { size: bytes.length, offset: request.offset, body: Readable.from(body()), ...(this.holdUntilVerified ? { holdUntilVerified: true } : {}) }
   }
 
   reportCorrupt(): void {
