@@ -8,7 +8,8 @@
 import { randomBytes, createHash } from 'node:crypto'
 import { writeFile } from 'node:fs/promises'
 import { request } from 'undici'
-import { createTempDir, runCommand, startRegistry, type Registry } from '../harness/index.js'
+import { createTempDir, runCommand, startRegistry, type Registry, type TempDir } from '../harness/index.js'
+import { createNetworkNamespace } from '../harness/netns.js'
 import { startFerryProcess } from './ferry-process.js'
 
 const BLOB_BYTES = 256 * 1024 * 1024
@@ -19,7 +20,12 @@ export interface PullPathResult {
   runs: number
   hitMBps: { ferry: number; registry: number; ratio: number }
   coldSeconds: { ferry: number; direct: number; ratio: number }
+  /** Cold pull where the registry sits behind a rate-limited link, as a regional or central registry does. */
+  shapedColdSeconds: { linkMbit: number; blobBytes: number; ferry: number; direct: number; ratio: number }
 }
+
+const SHAPED_LINK_MBIT = 200
+const SHAPED_BLOB_BYTES = 64 * 1024 * 1024
 
 export async function benchPullPath(log: (line: string) => void): Promise<PullPathResult> {
   const dir = await createTempDir('bench-pull')
@@ -51,6 +57,7 @@ export async function benchPullPath(log: (line: string) => void): Promise<PullPa
       }
       log(`run ${run + 1}/${RUNS}: hit ferry ${hit.ferry.at(-1)!.toFixed(0)} MB/s, registry ${hit.registry.at(-1)!.toFixed(0)} MB/s; cold ferry ${cold.ferry.at(-1)!.toFixed(3)} s, direct ${cold.direct.at(-1)!.toFixed(3)} s`)
     }
+    const shaped = await benchShapedColdPull(dir, log)
     const hitFerryMBps = median(hit.ferry)
     const hitRegistryMBps = median(hit.registry)
     const coldFerrySeconds = median(cold.ferry)
@@ -60,10 +67,44 @@ export async function benchPullPath(log: (line: string) => void): Promise<PullPa
       runs: RUNS,
       hitMBps: { ferry: hitFerryMBps, registry: hitRegistryMBps, ratio: hitFerryMBps / hitRegistryMBps },
       coldSeconds: { ferry: coldFerrySeconds, direct: coldDirectSeconds, ratio: coldFerrySeconds / coldDirectSeconds },
+      shapedColdSeconds: shaped,
     }
   } finally {
     for (const stop of stops.reverse()) await stop().catch(() => undefined)
     await dir.remove()
+  }
+}
+
+/**
+ * The registry in a network namespace behind a tbf-limited veth link: what a pull across a real
+ * link looks like, where the link and not the loopback copy speed is the limit.
+ */
+async function benchShapedColdPull(dir: TempDir, log: (line: string) => void): Promise<PullPathResult['shapedColdSeconds']> {
+  const namespace = await createNetworkNamespace({ rateMbit: SHAPED_LINK_MBIT })
+  const stops: Array<() => Promise<unknown>> = [() => namespace.remove()]
+  try {
+    const registry = await startRegistry({ dir: dir.path, name: 'shaped', auth: 'none', namespace })
+    stops.push(() => registry.stop())
+    const blob = randomBytes(SHAPED_BLOB_BYTES)
+    const digest = `sha256:${createHash('sha256').update(blob).digest('hex')}`
+    await uploadBlob(registry, 'bench/shaped', blob, digest)
+    const host = new URL(registry.url).host
+    const blobPath = (base: string) => `${base}/v2/bench/shaped/blobs/${digest}?ns=${encodeURIComponent(host)}`
+    const ferry: number[] = []
+    const direct: number[] = []
+    for (let run = 0; run < 3; run += 1) {
+      direct.push(await curlSeconds(blobPath(registry.url), SHAPED_BLOB_BYTES))
+      const cold = await startFerryProcess(dir.join(`ferry-shaped-${run}`), { [host]: [registry.url] })
+      try {
+        ferry.push(await curlSeconds(blobPath(cold.url), SHAPED_BLOB_BYTES))
+      } finally {
+        await cold.stop()
+      }
+      log(`shaped ${SHAPED_LINK_MBIT} Mbit/s run ${run + 1}/3: cold Ferry ${ferry.at(-1)!.toFixed(2)} s, direct ${direct.at(-1)!.toFixed(2)} s`)
+    }
+    return { linkMbit: SHAPED_LINK_MBIT, blobBytes: SHAPED_BLOB_BYTES, ferry: median(ferry), direct: median(direct), ratio: median(ferry) / median(direct) }
+  } finally {
+    for (const stop of stops.reverse()) await stop().catch(() => undefined)
   }
 }
 
@@ -78,10 +119,10 @@ async function uploadBlob(registry: Registry, repository: string, blob: Buffer, 
   if (put.statusCode !== 201) throw new Error(`blob upload answered ${put.statusCode}`)
 }
 
-async function curlSeconds(url: string): Promise<number> {
+async function curlSeconds(url: string, expectedBytes = BLOB_BYTES): Promise<number> {
   const { stdout } = await runCommand('curl', ['-sf', '-o', '/dev/null', '-w', '%{time_total} %{size_download}', url], { timeoutMs: 300_000 })
   const [seconds, size] = stdout.trim().split(' ').map(Number)
-  if (size !== BLOB_BYTES) throw new Error(`curl got ${size} bytes from ${url}, expected ${BLOB_BYTES}`)
+  if (size !== expectedBytes) throw new Error(`curl got ${size} bytes from ${url}, expected ${expectedBytes}`)
   return seconds!
 }
 

@@ -17,6 +17,8 @@ if (only === undefined || only === 'pull') {
   const pullPath = await benchPullPath(log)
   log(`cache hit: Ferry ${pullPath.hitMBps.ferry.toFixed(0)} MB/s vs registry ${pullPath.hitMBps.registry.toFixed(0)} MB/s = ${pullPath.hitMBps.ratio.toFixed(2)}x (target >= 1.0x)`)
   log(`cold pull: Ferry ${pullPath.coldSeconds.ferry.toFixed(3)} s vs direct ${pullPath.coldSeconds.direct.toFixed(3)} s = ${pullPath.coldSeconds.ratio.toFixed(2)}x (target <= 1.05x)`)
+  const shaped = pullPath.shapedColdSeconds
+  log(`cold pull over a ${shaped.linkMbit} Mbit/s link (${shaped.blobBytes / 1024 / 1024} MiB): Ferry ${shaped.ferry.toFixed(2)} s vs direct ${shaped.direct.toFixed(2)} s = ${shaped.ratio.toFixed(2)}x (target <= 1.05x)`)
   await writeResult('bench-results/pull-path.json', { started, ...pullPath })
 }
 if (only === undefined || only === 'region') {

@@ -30,6 +30,11 @@ export interface RegistryProxyOptions {
 }
 
 export type StartRegistryOptions = RegistryAuthOptions & {
+  /**
+   * Run the registry inside a network namespace (netns.ts), listening on its inner address, so
+   * that clients on the host reach it over the namespace's shaped link.
+   */
+  namespace?: { execPrefix: readonly string[]; innerAddress: string };
   /** Directory for config, storage and logs; a subdirectory named after the registry is used. */
   dir: string;
   /** Names the subdirectory and appears in error messages, e.g. "central". */
@@ -166,7 +171,8 @@ export async function startRegistry(options: StartRegistryOptions): Promise<Regi
   await mkdir(join(dir, 'data'), { recursive: true });
   const port = await findFreePort();
   const debugPort = await findFreePort();
-  const host = `127.0.0.1:${port}`;
+  const bindAddress = options.namespace?.innerAddress ?? '127.0.0.1';
+  const host = `${bindAddress}:${port}`;
   const configPath = join(dir, 'config.yml');
   const htpasswdPath = join(dir, 'htpasswd');
   if (options.auth === 'htpasswd') await writeHtpasswd(htpasswdPath, options.users);
@@ -185,7 +191,7 @@ export async function startRegistry(options: StartRegistryOptions): Promise<Regi
       addr: host,
       secret: `ferry-test-${name}-not-a-secret`,
       headers: { 'X-Content-Type-Options': ['nosniff'] },
-      debug: { addr: `127.0.0.1:${debugPort}`, prometheus: { enabled: true, path: '/metrics' } },
+      debug: { addr: `${bindAddress}:${debugPort}`, prometheus: { enabled: true, path: '/metrics' } },
     },
     ...(auth ? { auth } : {}),
     ...(options.proxy ? { proxy: options.proxy } : {}),
@@ -198,8 +204,8 @@ export async function startRegistry(options: StartRegistryOptions): Promise<Regi
   const logPath = join(dir, 'registry.log');
   const child = await startProcess({
     name: `registry ${name}`,
-    command: 'docker-registry',
-    args: ['serve', configPath],
+    command: options.namespace ? options.namespace.execPrefix[0]! : 'docker-registry',
+    args: [...(options.namespace ? [...options.namespace.execPrefix.slice(1), 'docker-registry'] : []), 'serve', configPath],
     logFile: logPath,
     stdoutFile: accessLogPath,
     // 401 is the normal answer of an authenticating registry to the version check.
@@ -229,7 +235,7 @@ export async function startRegistry(options: StartRegistryOptions): Promise<Regi
     configPath,
     accessLogPath,
     logPath,
-    metricsUrl: `http://127.0.0.1:${debugPort}/metrics`,
+    metricsUrl: `http://${bindAddress}:${debugPort}/metrics`,
     storageRoot: join(dir, 'data'),
     blobDataPath: (digest) => {
       const [algorithm, hex] = digest.split(':') as [string, string];
