@@ -1,6 +1,6 @@
 import { mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import { pino, type Logger as PinoLogger } from 'pino'
 import { Gauge, Registry, collectDefaultMetrics } from 'prom-client'
 import type { Clock } from '@ferry/interfaces'
@@ -139,7 +139,7 @@ export async function startDaemon(config: FerryConfig, options: DaemonOptions = 
   let url = ''
   const app = Fastify({
     loggerInstance: logger as FastifyBaseLogger,
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
     routerOptions: { maxParamLength: MAX_PATH_LENGTH * 2 },
     bodyLimit: 1024 * 1024,
     return503OnClosing: true,
@@ -221,7 +221,7 @@ async function startProxy(config: FerryConfig, components: { mirror: Mirror; log
   const { mirror, logger } = components
   const settings = config.proxy!
   const ca = await loadOrCreateNodeCa(settings.caDir)
-  const inner = Fastify({ loggerInstance: logger as FastifyBaseLogger, disableRequestLogging: true, routerOptions: { maxParamLength: MAX_PATH_LENGTH * 2 } })
+  const inner = Fastify({ loggerInstance: logger as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }), routerOptions: { maxParamLength: MAX_PATH_LENGTH * 2 } })
   const passthrough = async (request: FastifyRequest, reply: FastifyReply) => {
     reply.hijack()
     const scheme = request.raw.socket instanceof TLSSocket ? 'https' : 'http'
