@@ -19,7 +19,7 @@ describe('v2 paths', () => {
   it('refuses bad paths with the right error', () => {
     assert.throws(() => parseV2Path('/v2/a/blobs/uploads/'), { name: 'UnsupportedError' })
     assert.throws(() => parseV2Path('/v2/a/blobs/uploads/123'), { name: 'UnsupportedError' })
-    assert.throws(() => parseV2Path('/v2/a/tags/list'), { name: 'UnsupportedError' })
+    assert.deepEqual(parseV2Path('/v2/team/app/tags/list'), { kind: 'tags', repository: 'team/app' })
     assert.throws(() => parseV2Path('/v2/a'), { name: 'InvalidNameError' })
     assert.throws(() => parseV2Path(`/v2/${'a'.repeat(2000)}/blobs/${digest}`), { name: 'InvalidNameError' })
     assert.throws(() => parseV2Path('/v2/a/manifests/%E0%A4%A'), { name: 'InvalidNameError' })

@@ -674,3 +674,24 @@ test('configuration mistakes are caught at construction', () => {
   assert.throws(() => new UpstreamRegistry({ logger }, upstreamConfig('ftp://harbor.example.com')), TypeError)
   assert.throws(() => new UpstreamRegistry({ logger }, upstreamConfig('https://harbor.example.com', { name: 'has space' })), TypeError)
 })
+
+test('listTags passes n and last on and keeps the next-page Link as a path under the base URL', async (t) => {
+  const asked: string[] = []
+  const registry = await startServer(t, (request, response) => {
+    asked.push(`${request.url.pathname}${request.url.search}`)
+    if (request.url.pathname === '/mirror/v2/library/alpine/tags/list') {
+      response.writeHead(200, {
+        'content-type': 'application/json',
+        link: '</mirror/v2/library/alpine/tags/list?last=b&n=2>; rel="next"',
+      })
+      response.end(JSON.stringify({ name: 'library/alpine', tags: ['a', 'b'] }))
+      return
+    }
+    sendRegistryError(response, 404, 'NAME_UNKNOWN')
+  })
+  const { upstream } = createClient(t, `${registry.origin}/mirror`)
+  const page = await upstream.listTags('library/alpine', { n: 2, last: 'x' }, { signal: AbortSignal.timeout(5000) })
+  assert.deepEqual(page, { name: 'library/alpine', tags: ['a', 'b'], next: '/v2/library/alpine/tags/list?last=b&n=2' })
+  assert.deepEqual(asked, ['/mirror/v2/library/alpine/tags/list?n=2&last=x'])
+  assert.equal(await upstream.listTags('library/never', {}, { signal: AbortSignal.timeout(5000) }), undefined)
+})

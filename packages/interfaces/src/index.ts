@@ -188,6 +188,16 @@ export interface UpstreamSource extends BlobSource {
     reference: string,
     options: { signal: AbortSignal },
   ): Promise<{ bytes: Buffer; mediaType: string; digest: string } | undefined>
+  /** Tags of a repository (distribution's content discovery); undefined when the repository is unknown. */
+  listTags?(repository: string, page: { n?: number; last?: string }, options: { signal: AbortSignal }): Promise<TagList | undefined>
+}
+
+/** One page of a repository's tags, as an upstream answered it. */
+export interface TagList {
+  name: string
+  tags: string[]
+  /** The upstream's `Link` to the next page, reduced to its path and query (`/v2/<name>/tags/list?...`). */
+  next: string | undefined
 }
 
 /** Tells the region that this node holds content (DHT provide); failures are logged, never fatal. */

@@ -11,6 +11,7 @@ import type {
   Logger,
   ManifestDescriptor,
   MetadataStore,
+  TagList,
   UpstreamSource,
 } from '@ferry/interfaces'
 import {
@@ -20,6 +21,7 @@ import {
   MAX_MANIFEST_BYTES,
   ManifestNotFoundError,
   NotMirroredError,
+  RepositoryNotFoundError,
   UpstreamUnavailableError,
   parseManifest,
   resolveRange,
@@ -155,6 +157,34 @@ export class Mirror {
       })
     }
     throw new ManifestNotFoundError(`manifest ${repository}:${tag} not found`, { detail: { registry, repository, tag } })
+  }
+
+  /**
+   * A page of a repository's tags from the first upstream that answers: tags change, so they are
+   * neither cached nor taken from peers.
+   */
+  async listTags(registry: string, repository: string, page: { n?: number; last?: string }): Promise<TagList> {
+    const route = this.route(registry)
+    const failures: Error[] = []
+    let asked = 0
+    for (const upstream of route.upstreams) {
+      if (!upstream.listTags) continue
+      asked += 1
+      try {
+        const list = await upstream.listTags(repository, page, { signal: AbortSignal.timeout(this.init.tagTimeoutMs) })
+        if (list) return list
+      } catch (error) {
+        failures.push(error as Error)
+        this.components.logger.warn({ err: error, registry, repository, upstream: upstream.name }, 'upstream could not list tags')
+      }
+    }
+    if (failures.length > 0 || asked === 0) {
+      throw new UpstreamUnavailableError(`no upstream of ${registry} could list the tags of ${repository}`, {
+        ...(failures.length > 0 ? { cause: new AggregateError(failures) } : {}),
+        detail: { registry, repository },
+      })
+    }
+    throw new RepositoryNotFoundError(`repository ${repository} not found`, { detail: { registry, repository } })
   }
 
   /** A manifest by digest: local store, then peers, then upstreams; verified and kept. */

@@ -12,6 +12,7 @@ export type FerryErrorCode =
   | 'ERR_NOT_MIRRORED'
   | 'ERR_BLOB_NOT_FOUND'
   | 'ERR_MANIFEST_NOT_FOUND'
+  | 'ERR_REPOSITORY_NOT_FOUND'
   | 'ERR_DIGEST_MISMATCH'
   | 'ERR_SIZE_MISMATCH'
   | 'ERR_UPSTREAM_UNAVAILABLE'
@@ -60,6 +61,8 @@ export const InvalidManifestError = defineError('InvalidManifestError', 'ERR_MAN
 export const NotMirroredError = defineError('NotMirroredError', 'ERR_NOT_MIRRORED')
 export const BlobNotFoundError = defineError('BlobNotFoundError', 'ERR_BLOB_NOT_FOUND')
 export const ManifestNotFoundError = defineError('ManifestNotFoundError', 'ERR_MANIFEST_NOT_FOUND')
+/** A repository no upstream knows (listing its tags). */
+export const RepositoryNotFoundError = defineError('RepositoryNotFoundError', 'ERR_REPOSITORY_NOT_FOUND')
 /** Bytes that do not hash to the digest they were asked for. Always the source's fault. */
 export const DigestMismatchError = defineError('DigestMismatchError', 'ERR_DIGEST_MISMATCH')
 /** Bytes of another length than announced. Always the source's fault. */

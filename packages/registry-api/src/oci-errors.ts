@@ -14,6 +14,7 @@ const OCI_ERROR_FOR: Record<FerryErrorCode, { code: OciErrorCode; status: number
   ERR_NOT_MIRRORED: { code: 'NAME_UNKNOWN', status: 404 },
   ERR_BLOB_NOT_FOUND: { code: 'BLOB_UNKNOWN', status: 404 },
   ERR_MANIFEST_NOT_FOUND: { code: 'MANIFEST_UNKNOWN', status: 404 },
+  ERR_REPOSITORY_NOT_FOUND: { code: 'NAME_UNKNOWN', status: 404 },
   ERR_DIGEST_MISMATCH: { code: 'UNAVAILABLE', status: 502 },
   ERR_SIZE_MISMATCH: { code: 'UNAVAILABLE', status: 502 },
   ERR_UPSTREAM_UNAVAILABLE: { code: 'UNAVAILABLE', status: 503 },

@@ -7,6 +7,7 @@ export type V2Route =
   | { kind: 'base' }
   | { kind: 'manifest'; repository: string; reference: Reference }
   | { kind: 'blob'; repository: string; digest: string }
+  | { kind: 'tags'; repository: string }
 
 /**
  * Parses the path of a distribution API request: `/v2/`, `/v2/<name>/manifests/<reference>` or
@@ -31,7 +32,7 @@ export function parseV2Path(pathname: string): V2Route {
   const repository = validateRepository(segments.slice(0, -2).join('/'))
   if (kind === 'manifests') return { kind: 'manifest', repository, reference: parseReference(last) }
   if (kind === 'blobs') return { kind: 'blob', repository, digest: parseDigest(last).digest }
-  if (segments.at(-2) === 'tags' && last === 'list') throw new UnsupportedError('listing tags is not supported by this mirror')
+  if (kind === 'tags' && last === 'list') return { kind: 'tags', repository }
   throw new InvalidNameError(`not a distribution API path: ${JSON.stringify(pathname.slice(0, 200))}`)
 }
 

@@ -78,6 +78,27 @@ export async function registerRegistryApi(app: FastifyInstance, components: Regi
     const head = request.method === 'HEAD'
     const log = logger.child({ reqId: request.id, registry, repository: route.repository })
 
+    if (route.kind === 'tags') {
+      const n = url.searchParams.get('n')
+      const last = url.searchParams.get('last')
+      const page: { n?: number; last?: string } = {}
+      if (n !== null) {
+        if (!/^\d{1,6}$/.test(n)) throw new InvalidNameError(`invalid page size n=${JSON.stringify(n.slice(0, 20))}`)
+        page.n = Number(n)
+      }
+      if (last !== null) page.last = last.slice(0, 256)
+      const list = await mirror.listTags(registry, route.repository, page)
+      const namespace = url.searchParams.get('ns')
+      if (list.next !== undefined) {
+        // Clients follow the link back to Ferry, keeping containerd's ?ns= when it was given.
+        const next = new URL(list.next, 'http://ferry.invalid')
+        if (namespace !== null) next.searchParams.set('ns', namespace)
+        reply.header('link', `<${next.pathname}${next.search}>; rel="next"`)
+      }
+      reply.headers({ ...API_VERSION_HEADER, 'content-type': 'application/json' })
+      return reply.send({ name: list.name, tags: list.tags })
+    }
+
     if (route.kind === 'manifest') {
       const digest =
         route.reference.kind === 'digest'

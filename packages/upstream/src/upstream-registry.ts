@@ -1,4 +1,4 @@
-import type { Clock, FetchedContent, FetchRequest, Logger, ManifestDescriptor, UpstreamSource } from '@ferry/interfaces'
+import type { Clock, FetchedContent, FetchRequest, Logger, ManifestDescriptor, TagList, UpstreamSource } from '@ferry/interfaces'
 import {
   AbortedError,
   DigestMismatchError,
@@ -43,7 +43,7 @@ export interface FetchedManifest {
   digest: string
 }
 
-export type UpstreamOperation = 'resolve_tag' | 'fetch_manifest' | 'fetch_blob' | 'fetch_manifest_content' | 'ping'
+export type UpstreamOperation = 'resolve_tag' | 'fetch_manifest' | 'fetch_blob' | 'fetch_manifest_content' | 'ping' | 'list_tags'
 
 const systemClock: Clock = { now: () => Date.now() }
 /** What is read of an error answer to find the registry's OCI error code. */
@@ -190,6 +190,54 @@ export class UpstreamRegistry implements UpstreamSource {
   reportCorrupt(request: FetchRequest): void {
     this.metrics?.corruptContent.inc({ upstream: this.upstream.name })
     this.log.warn({ repository: request.repository, digest: request.digest, kind: request.kind }, 'upstream served content that failed verification')
+  }
+
+  /**
+   * GET tags/list, one page (`n`, `last` passed on). The body is limited like a manifest; the
+   * `Link` to the next page is kept as a path so that clients follow it to Ferry, not upstream.
+   */
+  async listTags(repository: string, page: { n?: number; last?: string }, options: { signal: AbortSignal }): Promise<TagList | undefined> {
+    validateRepository(repository)
+    const query = new URLSearchParams()
+    if (page.n !== undefined) query.set('n', String(page.n))
+    if (page.last !== undefined) query.set('last', page.last)
+    const search = query.size > 0 ? `?${query}` : ''
+    return this.operation('list_tags', options.signal, async () => {
+      const response = await this.authorizedRequest({
+        method: 'GET',
+        path: `/v2/${repository}/tags/list${search}`,
+        headers: { accept: 'application/json' },
+        scope: pullScope(repository),
+        signal: options.signal,
+      })
+      if (response.statusCode === 404) {
+        await discardBody(response.body)
+        return undefined
+      }
+      if (response.statusCode !== 200) throw await this.statusError(response, 'GET tags/list')
+      const bytes = await readBody(response.body, {
+        limit: MAX_MANIFEST_BYTES,
+        upstream: this.upstream.name,
+        mapError: (error) => mapTransportError(error, { upstream: this.upstream.name, url: response.url, signal: options.signal }),
+        tooLarge: () => new UpstreamProtocolError(`tag list of ${repository} from upstream ${this.upstream.name} exceeds ${MAX_MANIFEST_BYTES} bytes`),
+      })
+      let document: { name?: unknown; tags?: unknown }
+      try {
+        document = JSON.parse(bytes.toString('utf8')) as typeof document
+      } catch (cause) {
+        throw new UpstreamProtocolError(`upstream ${this.upstream.name} sent a tag list that is not JSON`, { cause })
+      }
+      const tags = Array.isArray(document.tags) ? document.tags.filter((tag): tag is string => typeof tag === 'string') : []
+      const link = headerValue(response.headers, 'link')
+      const next = link ? /<([^>]+)>\s*;\s*rel="?next"?/i.exec(link)?.[1] : undefined
+      let nextPath: string | undefined
+      if (next !== undefined) {
+        const url = new URL(next, response.url)
+        const prefix = this.upstream.basePath
+        nextPath = `${url.pathname.startsWith(prefix) ? url.pathname.slice(prefix.length) : url.pathname}${url.search}`
+      }
+      return { name: typeof document.name === 'string' ? document.name : repository, tags, next: nextPath }
+    })
   }
 
   /** GET /v2/ with authentication; throws unless the upstream answers 200. */
