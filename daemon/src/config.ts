@@ -359,7 +359,7 @@ function finish(parsed: ParsedConfig, sources: ConfigSources): FerryConfig {
     registries,
     proxy: parsed.proxy
       ? {
-          listen: parseHostPort(parsed.proxy.listen)!,
+          listen: loopbackOnly(parseHostPort(parsed.proxy.listen)!),
           caDir: absolute(parsed.proxy.caDir ?? resolve(absolute(parsed.dataDir), 'proxy-ca')),
           connectTimeoutMs: parsed.proxy.connectTimeout,
         }
@@ -367,6 +367,14 @@ function finish(parsed: ParsedConfig, sources: ConfigSources): FerryConfig {
     p2p,
     store: { maxBytes: parsed.store.maxSize, lowWaterRatio: parsed.store.lowWater, evictionIntervalMs: parsed.store.evictionInterval },
   })
+}
+
+/** The forward proxy tunnels to any host: it must only ever be reachable from the node itself. */
+function loopbackOnly(address: { host: string; port: number }): { host: string; port: number } {
+  if (!/^(127\.\d+\.\d+\.\d+|::1|localhost)$/.test(address.host)) {
+    throw new ConfigError(`proxy.listen: ${address.host} is not a loopback address; the proxy forwards to any host, so it listens on loopback only (e.g. 127.0.0.1:5051)`)
+  }
+  return address
 }
 
 export function parseHostPort(value: string): { host: string; port: number } | undefined {

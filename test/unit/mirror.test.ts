@@ -146,6 +146,31 @@ describe('Mirror: blobs', () => {
     assert.equal(received, content.length)
   })
 
+  it('does not let a source that lied about the size block the honest one', async () => {
+    const { mirror, upstreams, blobStore } = setup({ upstreams: 2 })
+    const content = randomBytes(300_000)
+    const digest = upstreams[0]!.addBlob(content)
+    upstreams[1]!.addBlob(content)
+    upstreams[0]!.truncateTo = 1000
+    const first = await mirror.blob(REGISTRY, 'team/app', digest, undefined)
+    assert.equal(first.size, 1000, 'the liar answered first')
+    const { error } = await readUntilEnd(first.body)
+    assert.ok(error, 'a response that announced the wrong length is cut off')
+    await waitFor(async () => (await blobStore.stat(digest)) !== undefined)
+    assert.deepEqual(await readAll((await blobStore.open(digest))!), content, 'the honest source served the blob')
+  })
+
+  it('never ends an empty response before verification (a source claiming 0 bytes)', async () => {
+    const { mirror, upstreams, blobStore } = setup()
+    const digest = upstreams[0]!.addBlob(randomBytes(5000))
+    upstreams[0]!.truncateTo = 0
+    const reply = await mirror.blob(REGISTRY, 'team/app', digest, undefined)
+    assert.equal(reply.size, 0)
+    const { error } = await readUntilEnd(reply.body)
+    assert.equal(error?.name, 'DigestMismatchError', 'the empty body errors instead of looking complete')
+    assert.equal(await blobStore.stat(digest), undefined)
+  })
+
   it('fails, committing nothing, when the only upstream sends corrupt bytes', async () => {
     const { mirror, upstreams, blobStore } = setup()
     const content = randomBytes(100_000)
@@ -153,7 +178,7 @@ describe('Mirror: blobs', () => {
     upstreams[0]!.corrupt = true
     const reply = await mirror.blob(REGISTRY, 'team/app', digest, undefined)
     const { bytes, error } = await readUntilEnd(reply.body)
-    assert.ok(error)
+    assert.equal(error?.name, 'DigestMismatchError', 'a source failure, not "not found"')
     assert.ok(bytes.length < content.length)
     assert.equal(await blobStore.stat(digest), undefined)
   })

@@ -101,7 +101,14 @@ export class Download {
     this.readers += 1
     clearTimeout(this.orphanTimer)
     const closed = new AbortController()
-    const stream = Readable.from(this.chunks(range, closed.signal), { objectMode: false, highWaterMark: 1024 * 1024 })
+    const stream = Readable.from(this.chunks(range, closed.signal, this.size), { objectMode: false, highWaterMark: 1024 * 1024 })
+    // Readable.from ends its generator only after the generator's pending await: wake it at once,
+    // so a client that left stops counting as a reader now, not at the source's next bytes.
+    const destroyGenerator = stream._destroy.bind(stream)
+    stream._destroy = (error, callback) => {
+      closed.abort()
+      destroyGenerator(error, callback)
+    }
     stream.once('close', () => {
       closed.abort()
       this.readers -= 1
@@ -142,13 +149,23 @@ export class Download {
     })
   }
 
-  private async *chunks(range: ByteRange, closed: AbortSignal): AsyncGenerator<Buffer> {
+  private async *chunks(range: ByteRange, closed: AbortSignal, announcedSize: number | undefined): AsyncGenerator<Buffer> {
     let position = range.start
     let reader: PartialReader | undefined
     let readerAttempt = 0
     try {
-      while (position < range.end && !closed.aborted) {
+      while (!closed.aborted) {
         if (this.state === 'failed') throw this.error ?? new UpstreamUnavailableError(`download of ${this.digest} failed`)
+        if (announcedSize !== undefined && this.size !== undefined && this.size !== announcedSize) {
+          throw new SizeMismatchError(`${this.digest} turned out to have ${this.size} bytes, not the ${announcedSize} this response announced`)
+        }
+        if (position >= range.end) {
+          // A response that ends at the blob's end ends only once the blob is verified: even an
+          // empty one (a source claiming 0 bytes) must not look complete before that.
+          if (this.size !== undefined && (range.end < this.size || this.verifiedAttempt === this.attempt)) return
+          await this.changed(closed)
+          continue
+        }
         const writer = this.writer
         if (writer === undefined || this.size === undefined) {
           await this.changed(closed)
@@ -199,23 +216,28 @@ export class Download {
     const { blobStore, logger, metrics } = this.components
     const excluded = new Set<BlobSource>()
     try {
+      let verificationError: Error | undefined
       for (;;) {
         this.attempt += 1
-        const writer = await blobStore.ingest(this.digest, this.size)
+        // After a verification failure the size is open again: the source that set it may have lied.
+        const writer = await blobStore.ingest(this.digest, verificationError ? undefined : this.size)
         this.writer = writer
         this.notify()
         const contributors = new Set<BlobSource>()
         let verified: BlobInfo
         try {
-          await this.fill(writer, excluded, contributors)
+          await this.fill(writer, excluded, contributors, verificationError)
           writer.verify()
           // Followers may finish as soon as the digest matched; durability (fsync, rename) follows.
           this.verifiedAttempt = this.attempt
           this.notify()
           verified = await writer.commit()
         } catch (error) {
+          // Followers arriving now wait for the next attempt instead of opening the discarded file.
+          this.writer = undefined
           await writer.abort()
           if (!isVerificationFailure(error) || contributors.size === 0) throw error
+          verificationError = error as Error
           // Some source sent wrong bytes; which one cannot be known, so none of them is asked again.
           for (const source of contributors) {
             excluded.add(source)
@@ -247,13 +269,15 @@ export class Download {
    * Writes the whole blob, asking sources in turn: after a failure the next source resumes at the
    * current offset, and each source is asked at most TRIES_PER_SOURCE times.
    */
-  private async fill(writer: BlobWriter, excluded: Set<BlobSource>, contributors: Set<BlobSource>): Promise<void> {
+  private async fill(writer: BlobWriter, excluded: Set<BlobSource>, contributors: Set<BlobSource>, verificationError: Error | undefined): Promise<void> {
     const { logger, metrics } = this.components
     const sources = this.init.sources
     const tries = new Map<BlobSource, number>()
     let cursor = 0
-    let lastError: Error | undefined
-    while (this.size === undefined || writer.written < this.size) {
+    // With every source used up after corrupt content, that is the failure to report, not "not found".
+    let lastError: Error | undefined = verificationError
+    let sizeOpen = verificationError !== undefined
+    while (this.size === undefined || sizeOpen || writer.written < this.size) {
       this.throwIfAborted()
       let source: BlobSource | undefined
       for (let step = 0; step < sources.length && !source; step += 1) {
@@ -275,13 +299,14 @@ export class Download {
           content.body.destroy()
           throw new UpstreamProtocolError(`${source.name} answered from offset ${content.offset}, asked for ${writer.written}`)
         }
-        if (this.size !== undefined && content.size !== this.size) {
+        if (this.size !== undefined && !sizeOpen && content.size !== this.size) {
           content.body.destroy()
           throw new UpstreamProtocolError(`${source.name} announced ${content.size} bytes for ${this.digest}, expected ${this.size}`)
         }
-        if (this.size === undefined) {
+        if (this.size === undefined || sizeOpen) {
           this.size = content.size
           this.mediaType = content.mediaType
+          sizeOpen = false
           this.resolveReady()
         }
         this.source ??= source.name
@@ -291,6 +316,7 @@ export class Download {
         const stopTransfer = () => content.body.destroy(this.controller.signal.reason as Error)
         this.controller.signal.addEventListener('abort', stopTransfer, { once: true })
         try {
+          this.throwIfAborted()
           for await (const batch of readBatches(content.body, MAX_FOLLOW_READ_BYTES)) {
             await writer.write(batch)
             metrics.fetchedBytes.inc({ kind: this.kind, source: source.name }, batch.byteLength)
@@ -298,6 +324,8 @@ export class Download {
           }
         } finally {
           this.controller.signal.removeEventListener('abort', stopTransfer)
+          // A failed write leaves the body paused, which no idle timeout ends: release the connection.
+          if (!content.body.readableEnded) content.body.destroy()
         }
         if (writer.written !== this.size) {
           throw new UpstreamProtocolError(`${source.name} ended ${this.digest} at ${writer.written} of ${this.size} bytes`)

@@ -41,6 +41,9 @@ export interface RegistryRoute {
   peers: boolean
 }
 
+/** How long a committed download still takes followers (see `download()`). */
+const COMMITTED_GRACE_MS = 5_000
+
 export interface MirrorInit {
   routes: RegistryRoute[]
   /** Deadline for each upstream's answer to a tag before the next upstream, then the last-known digest. */
@@ -116,7 +119,9 @@ export class Mirror {
   }
 
   get activeDownloads(): number {
-    return this.downloads.size
+    let running = 0
+    for (const download of this.downloads.values()) if (download.state === 'running') running += 1
+    return running
   }
 
   /**
@@ -329,9 +334,20 @@ export class Mirror {
         this.components.onCommitted?.(info)
         logger.info({ digest, size: info.size, source: download.source }, 'blob committed')
       })
-      .catch((error) => logger.warn({ err: error, digest }, 'download failed'))
-      .finally(() => this.downloads.delete(digest))
+      .then(
+        // A committed download stays joinable a little longer: a request that found the store
+        // empty a moment before the commit joins it instead of starting a second download.
+        () => setTimeout(() => this.forget(digest, download), COMMITTED_GRACE_MS).unref(),
+        (error) => {
+          logger.warn({ err: error, digest }, 'download failed')
+          this.forget(digest, download)
+        },
+      )
     return download
+  }
+
+  private forget(digest: string, download: Download): void {
+    if (this.downloads.get(digest) === download) this.downloads.delete(digest)
   }
 
   private async localManifest(digest: string): Promise<ManifestContent | undefined> {

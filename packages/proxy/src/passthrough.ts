@@ -32,8 +32,9 @@ export interface ForwardOptions {
  */
 export async function forwardRequest(request: IncomingMessage, response: ServerResponse, target: URL, options: ForwardOptions): Promise<void> {
   const headers: Record<string, string | string[]> = {}
+  const hopByHop = withConnectionTokens(request.headers.connection)
   for (const [name, value] of Object.entries(request.headers)) {
-    if (value === undefined || HOP_BY_HOP.has(name)) continue
+    if (value === undefined || hopByHop.has(name)) continue
     headers[name] = value
   }
   const hasBody = request.method !== 'GET' && request.method !== 'HEAD' && (request.headers['content-length'] !== undefined || request.headers['transfer-encoding'] !== undefined)
@@ -42,13 +43,14 @@ export async function forwardRequest(request: IncomingMessage, response: ServerR
       method: (request.method ?? 'GET') as 'GET',
       headers,
       body: hasBody ? Readable.from(request) : null,
+      // Idle bounds only: a push of a large layer may take as long as it takes while bytes flow.
       headersTimeout: options.connectTimeoutMs + 60_000,
       bodyTimeout: 300_000,
-      signal: AbortSignal.timeout(options.connectTimeoutMs + 300_000),
     })
     const responseHeaders: Record<string, string | string[]> = {}
+    const answerHopByHop = withConnectionTokens(answer.headers.connection)
     for (const [name, value] of Object.entries(answer.headers)) {
-      if (value === undefined || HOP_BY_HOP.has(name)) continue
+      if (value === undefined || answerHopByHop.has(name)) continue
       responseHeaders[name] = value
     }
     response.writeHead(answer.statusCode, responseHeaders)
@@ -63,4 +65,13 @@ export async function forwardRequest(request: IncomingMessage, response: ServerR
       response.destroy()
     }
   }
+}
+
+/** The fixed hop-by-hop headers plus those a Connection header names (RFC 9110 §7.6.1). */
+function withConnectionTokens(connection: string | string[] | undefined): Set<string> {
+  const names = new Set(HOP_BY_HOP)
+  for (const value of [connection ?? []].flat()) {
+    for (const token of value.split(',')) if (token.trim()) names.add(token.trim().toLowerCase())
+  }
+  return names
 }

@@ -17,6 +17,8 @@ export class MemoryUpstream implements UpstreamSource {
   breakAfterBytes: number | undefined
   /** Flip a byte of every blob served. */
   corrupt = false
+  /** Serve (and announce) only the first this-many bytes of every blob: a source that lies about the size. */
+  truncateTo: number | undefined
   /** Ask the mirror to pass none of this source's bytes on before verification (as peers do). */
   holdUntilVerified = false
   /** Hold each transfer before its last `holdLastBytes` bytes until `release()`. */
@@ -78,7 +80,7 @@ export class MemoryUpstream implements UpstreamSource {
     this.throwIfDown()
     const original = this.blobs.get(request.digest)
     if (!original) return undefined
-    const bytes = Buffer.from(original)
+    const bytes = Buffer.from(this.truncateTo === undefined ? original : original.subarray(0, this.truncateTo))
     if (this.corrupt) bytes[Math.floor(bytes.length / 2)] ^= 0xff
     const self = this
     const tail = bytes.subarray(request.offset)
