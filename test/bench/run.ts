@@ -1,11 +1,12 @@
 /**
  * `npm run bench`: every benchmark, side-by-side ratios printed and written to bench-results/.
  * Not a test: figures vary with the machine; ratios measured in one run are what to compare.
- * `npm run bench -- pull` or `-- region` runs one of them.
+ * `npm run bench -- pull`, `-- region` or `-- memory` runs one of them.
  */
 import { mkdir } from 'node:fs/promises'
 import { benchPullPath, writeResult } from './pull-path.js'
 import { benchRegion } from './region.js'
+import { benchMemory } from './memory.js'
 
 const log = (line: string) => process.stdout.write(`${line}\n`)
 const only = process.argv[2]
@@ -28,5 +29,11 @@ if (only === undefined || only === 'region') {
   log(`peer path: ${peerPath.ferryPeerMBps.toFixed(0)} MB/s vs registry direct ${peerPath.registryDirectMBps.toFixed(0)} MB/s = ${peerPath.ratioToRegistry.toFixed(2)}x (target >= 0.6x); vs raw TCP ${peerPath.rawTcpMBps.toFixed(0)} MB/s = ${peerPath.ratioToRawTcp.toFixed(2)}x`)
   log(`rollout: ${rollout.nodes} nodes at once: registry bytes / image size = ${rollout.ratio.toFixed(2)} (1.0 = each blob crossed once)`)
   await writeResult('bench-results/region.json', { started, ...region })
+}
+if (only === undefined || only === 'memory') {
+  log('== memory: 10 clients pulling one 512 MiB blob, cold then cached')
+  const memory = await benchMemory(log)
+  log(`peak RSS: cold ${(memory.peakColdRssBytes / 2 ** 20).toFixed(0)} MiB, cached ${(memory.peakHitRssBytes / 2 ** 20).toFixed(0)} MiB, for ${memory.clients} x ${(memory.blobBytes / 2 ** 20).toFixed(0)} MiB served`)
+  await writeResult('bench-results/memory.json', { started, ...memory })
 }
 log('results written to bench-results/')
