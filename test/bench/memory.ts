@@ -3,9 +3,10 @@
  * cold (one download, ten followers) and then from the cache. Streaming end to end means the peak
  * stays far below the blob size and does not grow with the number of clients.
  */
-import { createHash, randomBytes } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import { request } from 'undici'
-import { createTempDir, runCommand, startRegistry, type Registry } from '../harness/index.js'
+import { createTempDir, runCommand, startRegistry } from '../harness/index.js'
+import { uploadBlob } from './helpers.js'
 import { startFerryProcess, type FerryProcess } from './ferry-process.js'
 
 const BLOB_BYTES = 512 * 1024 * 1024
@@ -75,18 +76,6 @@ async function rss(ferry: FerryProcess): Promise<number> {
   const line = text.split('\n').find((entry) => entry.startsWith('ferry_process_process_resident_memory_bytes '))
   if (!line) throw new Error('the daemon reports no resident memory')
   return Number(line.slice(line.lastIndexOf(' ') + 1))
-}
-
-async function uploadBlob(registry: Registry, repository: string, blob: Buffer): Promise<string> {
-  const digest = `sha256:${createHash('sha256').update(blob).digest('hex')}`
-  const start = await request(`${registry.url}/v2/${repository}/blobs/uploads/`, { method: 'POST' })
-  await start.body.dump()
-  const location = new URL(String(start.headers.location), registry.url)
-  location.searchParams.set('digest', digest)
-  const put = await request(location, { method: 'PUT', body: blob })
-  await put.body.dump()
-  if (put.statusCode !== 201) throw new Error(`blob upload answered ${put.statusCode}`)
-  return digest
 }
 
 function mib(bytes: number): string {

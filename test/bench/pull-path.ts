@@ -5,10 +5,10 @@
  * The client is curl in both cases, so client cost is the same; each figure is the median of runs
  * taken alternately, so drift of the machine hits both sides alike.
  */
-import { randomBytes, createHash } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import { writeFile } from 'node:fs/promises'
-import { request } from 'undici'
-import { createTempDir, runCommand, startRegistry, type Registry, type TempDir } from '../harness/index.js'
+import { createTempDir, startRegistry, type TempDir } from '../harness/index.js'
+import { curlSeconds, median, uploadBlob } from './helpers.js'
 import { createNetworkNamespace } from '../harness/netns.js'
 import { startFerryProcess } from './ferry-process.js'
 
@@ -33,25 +33,23 @@ export async function benchPullPath(log: (line: string) => void): Promise<PullPa
   try {
     const registry = await startRegistry({ dir: dir.path, name: 'central', auth: 'none' })
     stops.push(() => registry.stop())
-    const blob = randomBytes(BLOB_BYTES)
-    const digest = `sha256:${createHash('sha256').update(blob).digest('hex')}`
-    await uploadBlob(registry, 'bench/big', blob, digest)
+    const digest = await uploadBlob(registry, 'bench/big', randomBytes(BLOB_BYTES))
     const host = new URL(registry.url).host
     const blobPath = (base: string) => `${base}/v2/bench/big/blobs/${digest}?ns=${encodeURIComponent(host)}`
 
     const hitFerry = await startFerryProcess(dir.join('ferry-hit'), { [host]: [registry.url] })
     stops.push(() => hitFerry.stop())
-    await curlSeconds(blobPath(hitFerry.url)) // warm: the blob is now in Ferry's store
+    await curlSeconds(blobPath(hitFerry.url), BLOB_BYTES) // warm: the blob is now in Ferry's store
 
     const hit = { ferry: [] as number[], registry: [] as number[] }
     const cold = { ferry: [] as number[], direct: [] as number[] }
     for (let run = 0; run < RUNS; run += 1) {
-      hit.registry.push(BLOB_BYTES / 1e6 / (await curlSeconds(blobPath(registry.url))))
-      hit.ferry.push(BLOB_BYTES / 1e6 / (await curlSeconds(blobPath(hitFerry.url))))
-      cold.direct.push(await curlSeconds(blobPath(registry.url)))
+      hit.registry.push(BLOB_BYTES / 1e6 / (await curlSeconds(blobPath(registry.url), BLOB_BYTES)))
+      hit.ferry.push(BLOB_BYTES / 1e6 / (await curlSeconds(blobPath(hitFerry.url), BLOB_BYTES)))
+      cold.direct.push(await curlSeconds(blobPath(registry.url), BLOB_BYTES))
       const coldFerry = await startFerryProcess(dir.join(`ferry-cold-${run}`), { [host]: [registry.url] })
       try {
-        cold.ferry.push(await curlSeconds(blobPath(coldFerry.url)))
+        cold.ferry.push(await curlSeconds(blobPath(coldFerry.url), BLOB_BYTES))
       } finally {
         await coldFerry.stop()
       }
@@ -85,9 +83,7 @@ async function benchShapedColdPull(dir: TempDir, log: (line: string) => void): P
   try {
     const registry = await startRegistry({ dir: dir.path, name: 'shaped', auth: 'none', namespace })
     stops.push(() => registry.stop())
-    const blob = randomBytes(SHAPED_BLOB_BYTES)
-    const digest = `sha256:${createHash('sha256').update(blob).digest('hex')}`
-    await uploadBlob(registry, 'bench/shaped', blob, digest)
+    const digest = await uploadBlob(registry, 'bench/shaped', randomBytes(SHAPED_BLOB_BYTES))
     const host = new URL(registry.url).host
     const blobPath = (base: string) => `${base}/v2/bench/shaped/blobs/${digest}?ns=${encodeURIComponent(host)}`
     const ferry: number[] = []
@@ -106,29 +102,6 @@ async function benchShapedColdPull(dir: TempDir, log: (line: string) => void): P
   } finally {
     for (const stop of stops.reverse()) await stop().catch(() => undefined)
   }
-}
-
-/** Monolithic upload through the distribution API: POST a session, PUT the bytes with the digest. */
-async function uploadBlob(registry: Registry, repository: string, blob: Buffer, digest: string): Promise<void> {
-  const start = await request(`${registry.url}/v2/${repository}/blobs/uploads/`, { method: 'POST' })
-  await start.body.dump()
-  const location = new URL(String(start.headers.location), registry.url)
-  location.searchParams.set('digest', digest)
-  const put = await request(location, { method: 'PUT', body: blob, headers: { 'content-type': 'application/octet-stream' } })
-  await put.body.dump()
-  if (put.statusCode !== 201) throw new Error(`blob upload answered ${put.statusCode}`)
-}
-
-async function curlSeconds(url: string, expectedBytes = BLOB_BYTES): Promise<number> {
-  const { stdout } = await runCommand('curl', ['-sf', '-o', '/dev/null', '-w', '%{time_total} %{size_download}', url], { timeoutMs: 300_000 })
-  const [seconds, size] = stdout.trim().split(' ').map(Number)
-  if (size !== expectedBytes) throw new Error(`curl got ${size} bytes from ${url}, expected ${expectedBytes}`)
-  return seconds!
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b)
-  return sorted[Math.floor(sorted.length / 2)]!
 }
 
 export async function writeResult(path: string, result: unknown): Promise<void> {

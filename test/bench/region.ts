@@ -6,11 +6,12 @@
  * - rollout: N cold daemons pull the same new image at once; bytes the registry served divided by
  *   the image size (1.0 would be every blob crossing once).
  */
-import { createHash, randomBytes } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import { copyFile, writeFile } from 'node:fs/promises'
 import { createServer, connect, type AddressInfo } from 'node:net'
 import { request } from 'undici'
-import { createTempDir, runCommand, startRegistry, type Registry } from '../harness/index.js'
+import { createTempDir, startRegistry, type Registry } from '../harness/index.js'
+import { curlSeconds, median, uploadBlob } from './helpers.js'
 import { startFerryProcess, type FerryProcess } from './ferry-process.js'
 
 const BLOB_BYTES = 256 * 1024 * 1024
@@ -136,25 +137,6 @@ async function registryBlobBytes(registry: Registry, repository: string): Promis
   return entries.filter((entry) => entry.kind === 'blob' && entry.method === 'GET' && entry.repository === repository).reduce((sum, entry) => sum + (entry.bytes ?? 0), 0)
 }
 
-async function uploadBlob(registry: Registry, repository: string, blob: Buffer): Promise<string> {
-  const digest = `sha256:${createHash('sha256').update(blob).digest('hex')}`
-  const start = await request(`${registry.url}/v2/${repository}/blobs/uploads/`, { method: 'POST' })
-  await start.body.dump()
-  const location = new URL(String(start.headers.location), registry.url)
-  location.searchParams.set('digest', digest)
-  const put = await request(location, { method: 'PUT', body: blob })
-  await put.body.dump()
-  if (put.statusCode !== 201) throw new Error(`blob upload answered ${put.statusCode}`)
-  return digest
-}
-
-async function curlSeconds(url: string, expectedBytes: number): Promise<number> {
-  const { stdout } = await runCommand('curl', ['-sf', '-o', '/dev/null', '-w', '%{time_total} %{size_download}', url], { timeoutMs: 600_000 })
-  const [seconds, size] = stdout.trim().split(' ').map(Number)
-  if (size !== expectedBytes) throw new Error(`curl got ${size} bytes from ${url}, expected ${expectedBytes}`)
-  return seconds!
-}
-
 /** A raw loopback TCP copy of the blob from a server to a client in this process. */
 async function measureRawTcpMBps(blob: Buffer): Promise<number> {
   const server = createServer((socket) => socket.end(blob))
@@ -181,7 +163,3 @@ async function waitUntil(condition: () => Promise<boolean>): Promise<void> {
   throw new Error('condition not reached within 30 s')
 }
 
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b)
-  return sorted[Math.floor(sorted.length / 2)]!
-}

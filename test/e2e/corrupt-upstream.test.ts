@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { access, open, readdir } from 'node:fs/promises';
+import { access, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { CommandFailedError, waitFor } from '../harness/index.js';
+import { CommandFailedError, corruptInPlace, waitFor } from '../harness/index.js';
 import { blobPath, buildAndPush, httpRequest, manifestPath, upstreamSource, useTopology, waitForDownloadsSettled, type FetchedBody } from './topology.js';
 
 // A blob whose bytes are wrong at every upstream: the CNCF registry serves its storage file
@@ -23,21 +23,6 @@ async function exists(path: string): Promise<boolean> {
   );
 }
 
-/** Inverts `length` bytes in the middle of the file: same size, certainly different content. */
-async function corruptInPlace(path: string, length = 64): Promise<void> {
-  const handle = await open(path, 'r+');
-  try {
-    const { size } = await handle.stat();
-    const position = Math.floor(size / 2);
-    const bytes = Buffer.alloc(length);
-    const { bytesRead } = await handle.read(bytes, 0, length, position);
-    for (let index = 0; index < bytesRead; index++) bytes[index] = bytes[index]! ^ 0xff;
-    await handle.write(bytes, 0, bytesRead, position);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
 
 /** True when the response delivered the whole blob: the status, every byte, and an ending that was not an error. */
 function deliveredWhole(response: FetchedBody, size: number): boolean {

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { open, readFile, stat } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { after, before, test } from 'node:test';
 import { createRegionCertificateAuthority, parseRegionSecret } from '@ferry/p2p';
 import { Agent, Client, request } from 'undici';
@@ -22,7 +22,7 @@ import {
   type Registry,
   type TestScope,
 } from '../harness/index.js';
-import { createNetworkNamespace } from '../harness/netns.js';
+import { corruptInPlace, createNetworkNamespace } from '../harness/index.js';
 import {
   providesDone,
   startRegionNode,
@@ -221,21 +221,6 @@ function differenceOf(after: Map<string, number>, before: Map<string, number>): 
   return result;
 }
 
-/** Inverts `length` bytes in the middle of a file: same size, certainly different content. */
-async function corruptInPlace(path: string, length = 64): Promise<void> {
-  const handle = await open(path, 'r+');
-  try {
-    const { size } = await handle.stat();
-    const position = Math.floor(size / 2);
-    const bytes = Buffer.alloc(length);
-    const { bytesRead } = await handle.read(bytes, 0, length, position);
-    for (let index = 0; index < bytesRead; index++) bytes[index] = bytes[index]! ^ 0xff;
-    await handle.write(bytes, 0, bytesRead, position);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
 
 interface BlobResponse {
   status: number;

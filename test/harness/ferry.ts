@@ -59,6 +59,8 @@ export interface StartFerryOptions {
   /** Files written into the instance directory before start, e.g. `{ 'robot.pass': 'secret' }`. */
   files?: Record<string, string>;
   readyTimeoutMs?: number;
+  /** Runs the daemon through this prefix, e.g. a network namespace's `ip netns exec <name>`. */
+  execPrefix?: readonly string[];
   /** How long SIGTERM may take before SIGKILL; longer than the daemon's own shutdownTimeout. Default 15 s. */
   stopTimeoutMs?: number;
 }
@@ -124,10 +126,11 @@ export async function startFerry(options: StartFerryOptions): Promise<Ferry> {
   const env = Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith('FERRY_')));
   const logPath = join(dir, 'ferry.log');
   let url: string | undefined;
+  const [command, ...prefix] = [...(options.execPrefix ?? []), FERRY_BIN] as unknown as [string, ...string[]];
   const child = await startProcess({
-    name: `ferry ${name}`,
-    command: FERRY_BIN,
-    args: ['daemon', '--config', configPath],
+    name: `ferry ${name}${options.execPrefix ? ` (${options.execPrefix.join(' ')})` : ''}`,
+    command,
+    args: [...prefix, 'daemon', '--config', configPath],
     env,
     logFile: logPath,
     readyTimeoutMs: options.readyTimeoutMs ?? 20_000,

@@ -1,12 +1,8 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { stringify as toYaml } from 'yaml';
-import { parseFerryLog, startFerry, type Ferry, type FerryConfigDocument } from './ferry.js';
-import { scrapeMetrics } from './metrics.js';
+import { writeFile } from 'node:fs/promises';
+import { startFerry, type Ferry, type FerryConfigDocument } from './ferry.js';
 import type { NetworkNamespace } from './netns.js';
-import { startProcess, waitFor, type ManagedProcess } from './process.js';
+import { waitFor } from './process.js';
 
 /**
  * Ferry daemons as members of a region (the `p2p:` config section): a region secret file, one
@@ -20,9 +16,6 @@ import { startProcess, waitFor, type ManagedProcess } from './process.js';
  * the namespace cannot reach the host's loopback, so such a node has no working upstream.
  */
 
-// dist-test/harness/region.js -> daemon/bin/ferry.js
-const FERRY_BIN = fileURLToPath(new URL('../../daemon/bin/ferry.js', import.meta.url));
-const SERVING_MESSAGE = 'ferry is serving';
 
 /** `p2p` in Ferry's `/status`, as packages/p2p/src/region-node.ts `RegionStatus`. */
 export interface RegionStatus {
@@ -107,9 +100,7 @@ export async function startRegionNode(options: RegionNodeOptions): Promise<Regio
     registries: options.registries,
     p2p: regionConfig(options, host),
   };
-  const started = options.namespace
-    ? await startFerryInNamespace(options.namespace, { dir: options.dir, name: options.name, config, files: options.files ?? {} })
-    : await startFerryOnHost({ dir: options.dir, name: options.name, config, files: options.files ?? {} });
+  const started = await startInstance(options.namespace, { dir: options.dir, name: options.name, config, files: options.files ?? {} });
   const { ferry, kill } = started;
   try {
     const status = await fetchStatus(ferry.url);
@@ -206,8 +197,9 @@ interface InstanceOptions {
   files: Record<string, string>;
 }
 
-async function startFerryOnHost(options: InstanceOptions): Promise<StartedFerry> {
-  const ferry = await startFerry(options);
+/** startFerry (ferry.ts), inside the namespace when one is given, plus a SIGKILL for crash tests. */
+async function startInstance(namespace: NetworkNamespace | undefined, options: InstanceOptions): Promise<StartedFerry> {
+  const ferry = await startFerry({ ...options, ...(namespace ? { execPrefix: namespace.execPrefix } : {}) });
   return {
     ferry,
     kill: async () => {
@@ -218,62 +210,6 @@ async function startFerryOnHost(options: InstanceOptions): Promise<StartedFerry>
       }
       // Idempotent: with the process dead, this only waits for its exit to be seen.
       await ferry.stop();
-    },
-  };
-}
-
-/**
- * The same instance layout as startFerry (ferry.ts): `<dir>/ferry-<name>/{config.yaml,ferry.log,data}`,
- * run through the namespace's exec prefix.
- */
-async function startFerryInNamespace(namespace: NetworkNamespace, options: InstanceOptions): Promise<StartedFerry> {
-  const dir = join(options.dir, `ferry-${options.name}`);
-  await mkdir(dir, { recursive: true });
-  for (const [file, contents] of Object.entries(options.files)) await writeFile(join(dir, file), contents);
-  const dataDir = options.config.dataDir ?? join(dir, 'data');
-  const configPath = join(dir, 'config.yaml');
-  await writeFile(configPath, toYaml({ log: { level: 'info' }, ...options.config, dataDir }));
-  const env = Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith('FERRY_')));
-  const logPath = join(dir, 'ferry.log');
-  let url: string | undefined;
-  const [command, ...prefix] = namespace.execPrefix as [string, ...string[]];
-  const child: ManagedProcess = await startProcess({
-    name: `ferry ${options.name} (netns ${namespace.name})`,
-    command,
-    args: [...prefix, FERRY_BIN, 'daemon', '--config', configPath],
-    env,
-    logFile: logPath,
-    readyTimeoutMs: 20_000,
-    isReady: async () => {
-      const serving = parseFerryLog(await readFile(logPath, 'utf8')).find((line) => line.msg === SERVING_MESSAGE);
-      if (typeof serving?.url === 'string') url = serving.url;
-      return url !== undefined;
-    },
-  });
-  const { hostname, port } = new URL(url!);
-  const ferry: Ferry = {
-    name: options.name,
-    url: url!,
-    host: `${hostname}:${port}`,
-    port: Number(port),
-    pid: child.pid,
-    dir,
-    dataDir,
-    configPath,
-    logPath,
-    blobPath: (digest) => {
-      const [algorithm, hex] = digest.split(':') as [string, string];
-      return join(dataDir, 'blobs', algorithm, hex.slice(0, 2), hex);
-    },
-    scrapeMetrics: () => scrapeMetrics(`${url}/metrics`),
-    readLog: async () => parseFerryLog(await readFile(logPath, 'utf8')),
-    stop: () => child.stop(),
-  };
-  return {
-    ferry,
-    kill: async () => {
-      if (!child.hasExited()) process.kill(child.pid, 'SIGKILL');
-      await child.exited;
     },
   };
 }

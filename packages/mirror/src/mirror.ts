@@ -228,13 +228,7 @@ export class Mirror {
       this.countRequest('blob', 'local', 'hit')
       return { size: local.size, source: 'local' }
     }
-    const download = this.download(route, repository, digest, 'blob', options.forwarded === true)
-    try {
-      await download.ready
-    } catch (error) {
-      this.countRequest('blob', 'none', errorResult(error))
-      throw error
-    }
+    const download = await this.readyDownload(route, repository, digest, options)
     this.countRequest('blob', download.source ?? 'none', 'fetching')
     return { size: download.size!, source: download.source ?? 'none' }
   }
@@ -259,13 +253,7 @@ export class Mirror {
         return { size: local.size, range, source: 'local', body }
       }
     }
-    const download = this.download(route, repository, digest, 'blob', options.forwarded === true)
-    try {
-      await download.ready
-    } catch (error) {
-      this.countRequest('blob', 'none', errorResult(error))
-      throw error
-    }
+    const download = await this.readyDownload(route, repository, digest, options)
     const size = download.size!
     const range = resolveRange(rangeHeader, size)
     const source = download.source ?? 'none'
@@ -343,6 +331,18 @@ export class Mirror {
           this.forget(digest, download)
         },
       )
+    return download
+  }
+
+  /** The one download of a blob, once its size is known; a failure before that is counted and thrown. */
+  private async readyDownload(route: RegistryRoute, repository: string, digest: string, options: MirrorRequestOptions): Promise<Download> {
+    const download = this.download(route, repository, digest, 'blob', options.forwarded === true)
+    try {
+      await download.ready
+    } catch (error) {
+      this.countRequest('blob', 'none', errorResult(error))
+      throw error
+    }
     return download
   }
 

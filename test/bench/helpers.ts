@@ -1,0 +1,29 @@
+import { createHash } from 'node:crypto'
+import { request } from 'undici'
+import { runCommand, type Registry } from '../harness/index.js'
+
+/** Monolithic upload through the distribution API: POST a session, PUT the bytes with their digest. */
+export async function uploadBlob(registry: Registry, repository: string, blob: Buffer): Promise<string> {
+  const digest = `sha256:${createHash('sha256').update(blob).digest('hex')}`
+  const start = await request(`${registry.url}/v2/${repository}/blobs/uploads/`, { method: 'POST' })
+  await start.body.dump()
+  const location = new URL(String(start.headers.location), registry.url)
+  location.searchParams.set('digest', digest)
+  const put = await request(location, { method: 'PUT', body: blob, headers: { 'content-type': 'application/octet-stream' } })
+  await put.body.dump()
+  if (put.statusCode !== 201) throw new Error(`blob upload answered ${put.statusCode}`)
+  return digest
+}
+
+/** curl as the client (the same for every side measured): seconds for the whole body, checked for length. */
+export async function curlSeconds(url: string, expectedBytes: number): Promise<number> {
+  const { stdout } = await runCommand('curl', ['-sf', '-o', '/dev/null', '-w', '%{time_total} %{size_download}', url], { timeoutMs: 600_000 })
+  const [seconds, size] = stdout.trim().split(' ').map(Number)
+  if (size !== expectedBytes) throw new Error(`curl got ${size} bytes from ${url}, expected ${expectedBytes}`)
+  return seconds!
+}
+
+export function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  return sorted[Math.floor(sorted.length / 2)]!
+}
