@@ -41,18 +41,18 @@ export async function benchPullPath(log: (line: string) => void): Promise<PullPa
     stops.push(() => hitFerry.stop())
     await curlSeconds(blobPath(hitFerry.url), BLOB_BYTES) // warm: the blob is now in Ferry's store
 
+    // Cold pulls go through one long-running daemon (as on a node), each run a blob it never saw.
+    const coldBlobs: string[] = []
+    for (let run = 0; run < RUNS; run += 1) coldBlobs.push(await uploadBlob(registry, 'bench/big', randomBytes(BLOB_BYTES)))
+    const coldPath = (base: string, run: number) => `${base}/v2/bench/big/blobs/${coldBlobs[run]}?ns=${encodeURIComponent(host)}`
+
     const hit = { ferry: [] as number[], registry: [] as number[] }
     const cold = { ferry: [] as number[], direct: [] as number[] }
     for (let run = 0; run < RUNS; run += 1) {
       hit.registry.push(BLOB_BYTES / 1e6 / (await curlSeconds(blobPath(registry.url), BLOB_BYTES)))
       hit.ferry.push(BLOB_BYTES / 1e6 / (await curlSeconds(blobPath(hitFerry.url), BLOB_BYTES)))
-      cold.direct.push(await curlSeconds(blobPath(registry.url), BLOB_BYTES))
-      const coldFerry = await startFerryProcess(dir.join(`ferry-cold-${run}`), { [host]: [registry.url] })
-      try {
-        cold.ferry.push(await curlSeconds(blobPath(coldFerry.url), BLOB_BYTES))
-      } finally {
-        await coldFerry.stop()
-      }
+      cold.direct.push(await curlSeconds(coldPath(registry.url, run), BLOB_BYTES))
+      cold.ferry.push(await curlSeconds(coldPath(hitFerry.url, run), BLOB_BYTES))
       log(`run ${run + 1}/${RUNS}: hit ferry ${hit.ferry.at(-1)!.toFixed(0)} MB/s, registry ${hit.registry.at(-1)!.toFixed(0)} MB/s; cold ferry ${cold.ferry.at(-1)!.toFixed(3)} s, direct ${cold.direct.at(-1)!.toFixed(3)} s`)
     }
     const shaped = await benchShapedColdPull(dir, log)
