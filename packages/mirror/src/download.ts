@@ -333,7 +333,7 @@ export class Download {
       } catch (error) {
         this.throwIfAborted()
         if (isVerificationFailure(error)) throw error
-        lastError = error as Error
+        lastError = asSourceFailure(error, source.name)
         cursor = (cursor + 1) % sources.length
         logger.warn({ err: error, digest: this.digest, source: source.name, offset: writer.written }, 'source failed; trying the next one')
       }
@@ -399,4 +399,15 @@ async function* batchesOf(stream: Readable, maxBytes: number): AsyncGenerator<Bu
       stream.on('close', done)
     })
   }
+}
+
+/**
+ * A source's own refusal must not reach the client as the client's mistake: an upstream that
+ * answers 416 to Ferry's resume, or sends an invalid document, is a failed source (5xx).
+ */
+function asSourceFailure(error: unknown, source: string): Error {
+  if (error instanceof FerryError && (error.code === 'ERR_RANGE_INVALID' || error.code === 'ERR_MANIFEST_INVALID')) {
+    return new UpstreamProtocolError(`${source}: ${error.message}`, { cause: error })
+  }
+  return error as Error
 }
