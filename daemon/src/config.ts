@@ -136,6 +136,16 @@ export const configSchema = z
         penalty: duration('60s'),
         reprovideInterval: duration('1h'),
         maxTransfersPerPeer: z.number().int().min(1).default(8),
+        transferTimeout: z
+          .object({
+            connect: duration('1s'),
+            firstByte: duration('3s'),
+            idle: duration('10s'),
+            fetchThroughConnect: duration('3s'),
+            fetchThroughFirstByte: duration('15s'),
+          })
+          .strict()
+          .prefault({}),
       })
       .strict()
       .optional(),
@@ -175,6 +185,7 @@ export interface P2PSettings {
   penaltyMs: number
   reprovideIntervalMs: number
   maxTransfersPerPeer: number
+  transferTimeouts: { connectMs: number; firstByteMs: number; idleMs: number; fetchThroughConnectMs: number; fetchThroughFirstByteMs: number }
 }
 
 export interface RegistrySettings {
@@ -345,6 +356,13 @@ function finish(parsed: ParsedConfig, sources: ConfigSources): FerryConfig {
       penaltyMs: settings.penalty,
       reprovideIntervalMs: settings.reprovideInterval,
       maxTransfersPerPeer: settings.maxTransfersPerPeer,
+      transferTimeouts: {
+        connectMs: settings.transferTimeout.connect,
+        firstByteMs: settings.transferTimeout.firstByte,
+        idleMs: settings.transferTimeout.idle,
+        fetchThroughConnectMs: settings.transferTimeout.fetchThroughConnect,
+        fetchThroughFirstByteMs: settings.transferTimeout.fetchThroughFirstByte,
+      },
     }
   }
   const listen = parseHostPort(parsed.listen)!

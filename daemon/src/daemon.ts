@@ -99,6 +99,7 @@ export async function startDaemon(config: FerryConfig, options: DaemonOptions = 
           penaltyMs: config.p2p.penaltyMs,
           reprovideIntervalMs: config.p2p.reprovideIntervalMs,
           maxTransfersPerPeer: config.p2p.maxTransfersPerPeer,
+          transferTimeouts: { ...config.p2p.transferTimeouts },
         },
       )
     : undefined
