@@ -10,7 +10,7 @@ import { randomBytes } from 'node:crypto'
 import { copyFile, writeFile } from 'node:fs/promises'
 import { createServer, connect, type AddressInfo } from 'node:net'
 import { request } from 'undici'
-import { createTempDir, startRegistry, type Registry } from '../harness/index.js'
+import { createNetworkNamespace, createTempDir, startRegistry, type Registry } from '../harness/index.js'
 import { curlSeconds, median, uploadBlob } from './helpers.js'
 import { startFerryProcess, type FerryProcess } from './ferry-process.js'
 
@@ -22,6 +22,49 @@ const ROLLOUT_LAYER_BYTES = 32 * 1024 * 1024
 export interface RegionResult {
   peerPath: { ferryPeerMBps: number; registryDirectMBps: number; rawTcpMBps: number; ratioToRegistry: number; ratioToRawTcp: number }
   rollout: { nodes: number; imageBytes: number; registryBlobBytes: number; ratio: number }
+  shapedRollout: { linkMbit: number; ferrySeconds: number; directSeconds: number; speedup: number; ratio: number }
+}
+
+const SHAPED_LINK_MBIT = 200
+
+interface RolloutFigures {
+  imageBytes: number
+  registryBlobBytes: number
+  ratio: number
+  ferrySeconds: number
+  directSeconds: number
+}
+
+/**
+ * ROLLOUT_NODES cold daemons of one region pull the same new image at once; then, for the wall
+ * time to compare, as many clients pull it straight from the registry at once.
+ */
+async function benchRollout(
+  registry: Registry,
+  startNode: (name: string, bootstrap: string[]) => Promise<FerryProcess>,
+  label: string,
+): Promise<RolloutFigures> {
+  const repository = `bench/rollout-${label}`
+  const layers = [randomBytes(ROLLOUT_LAYER_BYTES), randomBytes(ROLLOUT_LAYER_BYTES / 2), randomBytes(4096)]
+  const layerDigests = await Promise.all(layers.map((layer) => uploadBlob(registry, repository, layer)))
+  const imageBytes = layers.reduce((sum, layer) => sum + layer.length, 0)
+  const host = new URL(registry.url).host
+  const nodes: FerryProcess[] = [await startNode(`rollout-${label}-0`, [])]
+  const firstAddress = await listenAddress(nodes[0]!)
+  for (let index = 1; index < ROLLOUT_NODES; index += 1) nodes.push(await startNode(`rollout-${label}-${index}`, [firstAddress]))
+  await waitUntil(async () => (await Promise.all(nodes.map(status))).every((node) => node.p2p.connectedPeers.length > 0))
+  const pullImage = (base: string, query: string) =>
+    Promise.all(layerDigests.map((layerDigest, index) => curlSeconds(`${base}/v2/${repository}/blobs/${layerDigest}${query}`, layers[index]!.length)))
+  const before = await blobBytesServed(registry, repository)
+  const started = performance.now()
+  await Promise.all(nodes.map((node) => pullImage(node.url, `?ns=${encodeURIComponent(host)}`)))
+  const ferrySeconds = (performance.now() - started) / 1000
+  const registryBlobBytes = (await blobBytesServed(registry, repository)) - before
+  const directStarted = performance.now()
+  await Promise.all(nodes.map(() => pullImage(registry.url, '')))
+  const directSeconds = (performance.now() - directStarted) / 1000
+  for (const node of nodes) await node.stop()
+  return { imageBytes, registryBlobBytes, ratio: registryBlobBytes / imageBytes, ferrySeconds, directSeconds }
 }
 
 export async function benchRegion(log: (line: string) => void): Promise<RegionResult> {
@@ -73,25 +116,24 @@ export async function benchRegion(log: (line: string) => void): Promise<RegionRe
     await seed.stop()
 
     // Rollout: N cold nodes in one region pull the same new image at the same moment.
-    const layers = [randomBytes(ROLLOUT_LAYER_BYTES), randomBytes(ROLLOUT_LAYER_BYTES / 2), randomBytes(4096)]
-    const layerDigests = await Promise.all(layers.map((layer) => uploadBlob(registry, 'bench/rollout', layer)))
-    const imageBytes = layers.reduce((sum, layer) => sum + layer.length, 0)
-    const nodes: FerryProcess[] = [await startNode('rollout-0', [])]
-    const firstAddress = await listenAddress(nodes[0]!)
-    for (let index = 1; index < ROLLOUT_NODES; index += 1) nodes.push(await startNode(`rollout-${index}`, [firstAddress]))
-    await waitUntil(async () => (await Promise.all(nodes.map(status))).every((node) => node.p2p.connectedPeers.length > 0))
-    const before = await registryBlobBytes(registry, 'bench/rollout')
-    await Promise.all(
-      nodes.map((node) =>
-        Promise.all(
-          layerDigests.map((layerDigest, index) =>
-            curlSeconds(`${node.url}/v2/bench/rollout/blobs/${layerDigest}?ns=${encodeURIComponent(host)}`, layers[index]!.length),
-          ),
-        ),
-      ),
-    )
-    const served = (await registryBlobBytes(registry, 'bench/rollout')) - before
-    log(`rollout: ${ROLLOUT_NODES} nodes, image ${imageBytes} bytes, registry served ${served} blob bytes = ${(served / imageBytes).toFixed(2)}x the image`)
+    const rollout = await benchRollout(registry, (name, bootstrap) => startNode(name, bootstrap), 'loopback')
+    log(`rollout: ${ROLLOUT_NODES} nodes, image ${rollout.imageBytes} bytes, registry served ${rollout.registryBlobBytes} blob bytes = ${rollout.ratio.toFixed(2)}x the image`)
+
+    // The same over a shaped link: the registry in a namespace behind 200 Mbit/s, wall time of the
+    // whole rollout through Ferry vs every node pulling the registry directly.
+    const namespace = await createNetworkNamespace({ rateMbit: SHAPED_LINK_MBIT })
+    stops.push(() => namespace.remove())
+    const remote = await startRegistry({ dir: dir.path, name: 'remote', auth: 'none', namespace })
+    stops.push(() => remote.stop())
+    const remoteHost = new URL(remote.url).host
+    const startRemoteNode = async (name: string, bootstrap: string[]) => {
+      const node = await startFerryProcess(dir.join(name), { [remoteHost]: [remote.url] }, p2p(bootstrap))
+      stops.push(() => node.stop())
+      return node
+    }
+    const shaped = await benchRollout(remote, startRemoteNode, 'shaped')
+    log(`rollout over ${SHAPED_LINK_MBIT} Mbit/s: through Ferry ${shaped.ferrySeconds.toFixed(1)} s vs every node direct ${shaped.directSeconds.toFixed(1)} s; registry bytes / image = ${shaped.ratio.toFixed(2)}`)
+
     const ferryPeerMBps = median(peer)
     const registryDirectMBps = median(direct)
     const rawTcpMBps = median(raw)
@@ -103,7 +145,14 @@ export async function benchRegion(log: (line: string) => void): Promise<RegionRe
         ratioToRegistry: ferryPeerMBps / registryDirectMBps,
         ratioToRawTcp: ferryPeerMBps / rawTcpMBps,
       },
-      rollout: { nodes: ROLLOUT_NODES, imageBytes, registryBlobBytes: served, ratio: served / imageBytes },
+      rollout: { nodes: ROLLOUT_NODES, imageBytes: rollout.imageBytes, registryBlobBytes: rollout.registryBlobBytes, ratio: rollout.ratio },
+      shapedRollout: {
+        linkMbit: SHAPED_LINK_MBIT,
+        ferrySeconds: shaped.ferrySeconds,
+        directSeconds: shaped.directSeconds,
+        speedup: shaped.directSeconds / shaped.ferrySeconds,
+        ratio: shaped.ratio,
+      },
     }
   } finally {
     for (const stop of stops.reverse()) await stop().catch(() => undefined)
@@ -132,7 +181,7 @@ async function metricSum(node: FerryProcess, name: string, labelFilter: string):
     .reduce((sum, line) => sum + Number(line.slice(line.lastIndexOf(' ') + 1)), 0)
 }
 
-async function registryBlobBytes(registry: Registry, repository: string): Promise<number> {
+async function blobBytesServed(registry: Registry, repository: string): Promise<number> {
   const entries = await registry.readAccessLog()
   return entries.filter((entry) => entry.kind === 'blob' && entry.method === 'GET' && entry.repository === repository).reduce((sum, entry) => sum + (entry.bytes ?? 0), 0)
 }

@@ -28,6 +28,8 @@ if (only === undefined || only === 'region') {
   const { peerPath, rollout } = region
   log(`peer path: ${peerPath.ferryPeerMBps.toFixed(0)} MB/s vs registry direct ${peerPath.registryDirectMBps.toFixed(0)} MB/s = ${peerPath.ratioToRegistry.toFixed(2)}x (target >= 0.6x); vs raw TCP ${peerPath.rawTcpMBps.toFixed(0)} MB/s = ${peerPath.ratioToRawTcp.toFixed(2)}x`)
   log(`rollout: ${rollout.nodes} nodes at once: registry bytes / image size = ${rollout.ratio.toFixed(2)} (1.0 = each blob crossed once)`)
+  const shaped = region.shapedRollout
+  log(`rollout over a ${shaped.linkMbit} Mbit/s link: ${shaped.ferrySeconds.toFixed(1)} s through Ferry vs ${shaped.directSeconds.toFixed(1)} s direct = ${shaped.speedup.toFixed(1)}x faster; registry bytes / image = ${shaped.ratio.toFixed(2)}`)
   await writeResult('bench-results/region.json', { started, ...region })
 }
 if (only === undefined || only === 'memory') {
