@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto'
+import { open, rm } from 'node:fs/promises'
 import { request } from 'undici'
 import { runCommand, type Registry } from '../harness/index.js'
 
@@ -15,8 +16,27 @@ export async function uploadBlob(registry: Registry, repository: string, blob: B
   return digest
 }
 
-/** curl as the client (the same for every side measured): seconds for the whole body, checked for length. */
-export async function curlSeconds(url: string, expectedBytes: number): Promise<number> {
+/**
+ * curl as the client (the same for every side measured): seconds for the whole body, checked for
+ * length. With `saveTo`, the body is written to that file and fsynced before the clock stops, as
+ * containerd writes a pulled layer into its content store; without, it is discarded.
+ */
+export async function curlSeconds(url: string, expectedBytes: number, saveTo?: string): Promise<number> {
+  if (saveTo !== undefined) {
+    const started = performance.now()
+    await runCommand('curl', ['-sf', '-o', saveTo, url], { timeoutMs: 600_000 })
+    const handle = await open(saveTo, 'r+')
+    try {
+      await handle.sync()
+      const { size } = await handle.stat()
+      if (size !== expectedBytes) throw new Error(`curl got ${size} bytes from ${url}, expected ${expectedBytes}`)
+    } finally {
+      await handle.close()
+    }
+    const seconds = (performance.now() - started) / 1000
+    await rm(saveTo, { force: true })
+    return seconds
+  }
   const { stdout } = await runCommand('curl', ['-sf', '-o', '/dev/null', '-w', '%{time_total} %{size_download}', url], { timeoutMs: 600_000 })
   const [seconds, size] = stdout.trim().split(' ').map(Number)
   if (size !== expectedBytes) throw new Error(`curl got ${size} bytes from ${url}, expected ${expectedBytes}`)

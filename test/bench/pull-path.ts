@@ -51,8 +51,9 @@ export async function benchPullPath(log: (line: string) => void): Promise<PullPa
     for (let run = 0; run < RUNS; run += 1) {
       hit.registry.push(BLOB_BYTES / 1e6 / (await curlSeconds(blobPath(registry.url), BLOB_BYTES)))
       hit.ferry.push(BLOB_BYTES / 1e6 / (await curlSeconds(blobPath(hitFerry.url), BLOB_BYTES)))
-      cold.direct.push(await curlSeconds(coldPath(registry.url, run), BLOB_BYTES))
-      cold.ferry.push(await curlSeconds(coldPath(hitFerry.url, run), BLOB_BYTES))
+      // A pull writes the layer (containerd's content store): both sides save and fsync it.
+      cold.direct.push(await curlSeconds(coldPath(registry.url, run), BLOB_BYTES, dir.join('pulled')))
+      cold.ferry.push(await curlSeconds(coldPath(hitFerry.url, run), BLOB_BYTES, dir.join('pulled')))
       log(`run ${run + 1}/${RUNS}: hit ferry ${hit.ferry.at(-1)!.toFixed(0)} MB/s, registry ${hit.registry.at(-1)!.toFixed(0)} MB/s; cold ferry ${cold.ferry.at(-1)!.toFixed(3)} s, direct ${cold.direct.at(-1)!.toFixed(3)} s`)
     }
     const shaped = await benchShapedColdPull(dir, log)
@@ -89,10 +90,10 @@ async function benchShapedColdPull(dir: TempDir, log: (line: string) => void): P
     const ferry: number[] = []
     const direct: number[] = []
     for (let run = 0; run < 3; run += 1) {
-      direct.push(await curlSeconds(blobPath(registry.url), SHAPED_BLOB_BYTES))
+      direct.push(await curlSeconds(blobPath(registry.url), SHAPED_BLOB_BYTES, dir.join('pulled')))
       const cold = await startFerryProcess(dir.join(`ferry-shaped-${run}`), { [host]: [registry.url] })
       try {
-        ferry.push(await curlSeconds(blobPath(cold.url), SHAPED_BLOB_BYTES))
+        ferry.push(await curlSeconds(blobPath(cold.url), SHAPED_BLOB_BYTES, dir.join('pulled')))
       } finally {
         await cold.stop()
       }
