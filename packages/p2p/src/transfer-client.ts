@@ -3,7 +3,7 @@ import type { FetchedContent } from '@ferry/interfaces'
 import { AbortedError, FerryError, TimeoutError, UpstreamProtocolError, UpstreamUnavailableError } from '@ferry/oci'
 import { Agent, request } from 'undici'
 import type { NodeCertificate } from './region-ca.js'
-import { BLOB_PATH_PREFIX, MEDIA_TYPE_HEADER, type FetchThroughTarget } from './transfer-server.js'
+import { BLOB_PATH_PREFIX, MEDIA_TYPE_HEADER, TRANSFER_CIPHER_SUITES, type FetchThroughTarget } from './transfer-server.js'
 
 /** Why a peer failed, as counted in `ferry_p2p_peer_errors_total{kind}` (see `metrics.ts`). */
 export type PeerErrorKind = 'connect' | 'tls' | 'timeout' | 'status' | 'protocol' | 'stream' | 'corrupt'
@@ -152,6 +152,7 @@ export class TransferClient {
           cert: certificate.certificatePem,
           key: certificate.privateKeyPem,
           minVersion: 'TLSv1.3',
+          ciphers: TRANSFER_CIPHER_SUITES,
           rejectUnauthorized: true,
           timeout: fetchThrough ? (this.init.fetchThroughConnectTimeoutMs ?? 3_000) : this.init.connectTimeoutMs,
           checkServerIdentity: (_host: string, peerCertificate: PeerCertificate) => checkPeerIdentity(peerId, peerCertificate),

@@ -21,6 +21,13 @@ import type { RegionMetrics } from './metrics.js'
 import type { NodeCertificate } from './region-ca.js'
 
 /**
+ * TLS 1.3 suites for blob transfers, fastest first: AES-128-GCM with AES-NI outruns the default
+ * AES-256-GCM; integrity of the content does not rest on TLS anyway (every blob is verified by
+ * digest), TLS here is for membership and confidentiality inside the region.
+ */
+export const TRANSFER_CIPHER_SUITES = 'TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256'
+
+/**
  * The blob transfer service a node offers its region peers.
  *
  * Transport: HTTPS/1.1 over TLS 1.3 with mutual authentication. Both certificates must chain to the
@@ -119,6 +126,7 @@ export class TransferServer {
         requestCert: true,
         rejectUnauthorized: true,
         minVersion: 'TLSv1.3',
+        ciphers: TRANSFER_CIPHER_SUITES,
       },
       (request, response) => {
         this.handle(request, response).catch((error: unknown) => {
