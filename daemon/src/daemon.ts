@@ -136,6 +136,20 @@ export async function startDaemon(config: FerryConfig, options: DaemonOptions = 
       this.set(mirror.activeDownloads)
     },
   })
+  // Measuring the store walks it: do it at most every 30 s, whatever the scrape interval.
+  let storeBytes = { value: 0, measuredAt: -Infinity }
+  new Gauge({
+    name: 'ferry_store_bytes',
+    help: 'Bytes of committed content in the local store (measured at most every 30 s)',
+    registers: [metrics],
+    async collect() {
+      if (clock.now() - storeBytes.measuredAt > 30_000) storeBytes = { value: await blobStore.usage(), measuredAt: clock.now() }
+      this.set(storeBytes.value)
+    },
+  })
+  if (config.store.maxBytes !== undefined) {
+    new Gauge({ name: 'ferry_store_max_bytes', help: 'Quota of the local store', registers: [metrics] }).set(config.store.maxBytes)
+  }
 
   let url = ''
   const app = Fastify({
