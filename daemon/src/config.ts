@@ -136,6 +136,7 @@ export const configSchema = z
         penalty: duration('60s'),
         reprovideInterval: duration('1h'),
         maxTransfersPerPeer: z.number().int().min(1).default(8),
+        offlineTags: z.boolean().default(false),
         transferTimeout: z
           .object({
             connect: duration('1s'),
@@ -185,6 +186,8 @@ export interface P2PSettings {
   penaltyMs: number
   reprovideIntervalMs: number
   maxTransfersPerPeer: number
+  /** Ask region peers for their last-known tag when every upstream is down and this node has none. */
+  offlineTags: boolean
   transferTimeouts: { connectMs: number; firstByteMs: number; idleMs: number; fetchThroughConnectMs: number; fetchThroughFirstByteMs: number }
 }
 
@@ -356,6 +359,7 @@ function finish(parsed: ParsedConfig, sources: ConfigSources): FerryConfig {
       penaltyMs: settings.penalty,
       reprovideIntervalMs: settings.reprovideInterval,
       maxTransfersPerPeer: settings.maxTransfersPerPeer,
+      offlineTags: settings.offlineTags,
       transferTimeouts: {
         connectMs: settings.transferTimeout.connect,
         firstByteMs: settings.transferTimeout.firstByte,

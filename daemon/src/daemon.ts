@@ -77,6 +77,7 @@ export async function startDaemon(config: FerryConfig, options: DaemonOptions = 
           blobStore,
           metrics,
           mediaTypeOf: async (digest) => (await metadata.getBlob(digest))?.mediaType,
+          tagOf: (key) => metadata.getTag(key),
           fetchThrough: async (request) => {
             if (!mirrorForPeers) throw new UpstreamUnavailableError('ferry is starting')
             return mirrorForPeers.fetchThrough(request)
@@ -124,6 +125,7 @@ export async function startDaemon(config: FerryConfig, options: DaemonOptions = 
       metrics: mirrorMetrics,
       onCommitted: runEviction,
       ...(region ? { peerSource: region.peerSource, announcer: region.announcer } : {}),
+      ...(region && config.p2p?.offlineTags ? { peerTags: region } : {}),
     },
     { routes, tagTimeoutMs: config.tagTimeoutMs, orphanTimeoutMs: config.orphanTimeoutMs },
   )

@@ -273,6 +273,36 @@ describe('Mirror: tags and manifests', () => {
     await assert.rejects(mirror.resolveTag(REGISTRY, 'team/app', 'never-seen'), { name: 'UpstreamUnavailableError' })
   })
 
+  it('takes a region peer\'s last-known tag only in offline mode, when no upstream answers and there is no record here', async () => {
+    const { mirror, upstreams, metadata, registry } = setup()
+    upstreams[0]!.down = true
+    await assert.rejects(mirror.resolveTag(REGISTRY, 'team/app', 'v9'), { name: 'UpstreamUnavailableError' })
+    const digest = `sha256:${'9'.repeat(64)}`
+    const peerRecord = { digest, mediaType: MediaTypes.ociManifest, size: 99, confirmedAt: 5 }
+    const asked: string[] = []
+    const offline = new Mirror(
+      {
+        blobStore: new MemoryBlobStore(),
+        metadata,
+        logger: pino({ level: 'silent' }),
+        clock: { now: () => 10 },
+        metrics: createMirrorMetrics(new Registry()),
+        peerTags: { lastKnownTag: async (key) => (asked.push(key.tag), key.tag === 'v9' ? peerRecord : undefined) },
+      },
+      { routes: [{ registry: REGISTRY, upstreams, peers: true }], tagTimeoutMs: 1000, orphanTimeoutMs: 60_000 },
+    )
+    const resolved = await offline.resolveTag(REGISTRY, 'team/app', 'v9')
+    assert.equal(resolved.digest, digest)
+    assert.equal(resolved.source, 'peer-stale')
+    assert.deepEqual(await metadata.getTag({ registry: REGISTRY, repository: 'team/app', tag: 'v9' }), peerRecord, 'kept as this node\'s record')
+    await assert.rejects(offline.resolveTag(REGISTRY, 'team/app', 'unknown'), { name: 'UpstreamUnavailableError' })
+    upstreams[0]!.down = false
+    upstreams[0]!.addManifest('team/app', 'v10', manifestDocument, MediaTypes.ociManifest)
+    await offline.resolveTag(REGISTRY, 'team/app', 'v10')
+    assert.deepEqual(asked, ['v9', 'unknown'], 'peers are never asked while an upstream answers')
+    void registry
+  })
+
   it('answers not found for a tag no upstream has', async () => {
     const { mirror } = setup({ upstreams: 2 })
     await assert.rejects(mirror.resolveTag(REGISTRY, 'team/app', 'missing'), { name: 'ManifestNotFoundError' })

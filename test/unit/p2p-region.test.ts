@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto'
 import { stat } from 'node:fs/promises'
 import { Readable } from 'node:stream'
 import { describe, it } from 'node:test'
-import type { BlobInfo, BlobStore, BlobWriter, ByteRange, FetchRequest } from '@ferry/interfaces'
+import type { BlobInfo, BlobStore, BlobWriter, ByteRange, FetchRequest, TagKey, TagRecord } from '@ferry/interfaces'
 import { sha256Digest } from '@ferry/oci'
 import { createRegionCertificateAuthority, IDENTITY_FILE, RegionNode, type RegionConfig } from '@ferry/p2p'
 import { MemoryBlobStore } from '@ferry/store'
@@ -33,12 +33,13 @@ async function startNode(
     blobStore?: BlobStore
     config?: Partial<RegionConfig>
     mediaTypeOf?: (digest: string) => Promise<string | undefined>
+    tagOf?: (key: TagKey) => Promise<TagRecord | undefined>
   } = {},
 ): Promise<TestNode> {
   const blobStore = options.blobStore ?? new MemoryBlobStore()
   const metrics = new Registry()
   const node = await RegionNode.start(
-    { logger, blobStore, metrics, ...(options.mediaTypeOf ? { mediaTypeOf: options.mediaTypeOf } : {}) },
+    { logger, blobStore, metrics, ...(options.mediaTypeOf ? { mediaTypeOf: options.mediaTypeOf } : {}), ...(options.tagOf ? { tagOf: options.tagOf } : {}) },
     {
       region: REGION,
       secret: options.secret ?? SECRET,
@@ -184,6 +185,21 @@ describe('p2p region', () => {
     assert.match(status.transferUrl, /^https:\/\/127\.0\.0\.1:\d+$/)
     assert.equal(await metricValue(first.metrics, 'ferry_p2p_served_requests_total', { result: 'ok' }), 2)
     assert.equal(await metricValue(first.metrics, 'ferry_p2p_served_bytes_total'), bytes.byteLength * 2 - offset)
+  })
+
+  it('answers last-known tags to peers (offline mode): the newest record among the peers asked', async (t) => {
+    const scope = await createTestScope(t)
+    const key = { registry: 'harbor.example.com', repository: 'team/app', tag: 'v1' }
+    const record = (digest: string, confirmedAt: number): TagRecord => ({ digest, mediaType: 'application/vnd.oci.image.manifest.v1+json', size: 321, confirmedAt })
+    const older = record(`sha256:${'1'.repeat(64)}`, 1_000)
+    const newer = record(`sha256:${'2'.repeat(64)}`, 2_000)
+    const a = await startNode(scope, 'a', { tagOf: async (asked) => (asked.tag === key.tag ? older : undefined) })
+    const b = await startNode(scope, 'b', { bootstrap: [a.address], tagOf: async (asked) => (asked.tag === key.tag ? newer : undefined) })
+    const asker = await startNode(scope, 'c', { bootstrap: [a.address] })
+    await waitFor('the asker to be connected to both peers', () => asker.node.status().connectedPeers.length >= 2)
+    assert.deepEqual(await asker.node.lastKnownTag(key, { signal: AbortSignal.timeout(5_000) }), newer)
+    assert.equal(await asker.node.lastKnownTag({ ...key, tag: 'never' }, { signal: AbortSignal.timeout(5_000) }), undefined)
+    void b
   })
 
   it('a blob announced while its node was alone is found by a node that joins later', async (t) => {

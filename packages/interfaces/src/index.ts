@@ -200,6 +200,11 @@ export interface TagList {
   next: string | undefined
 }
 
+/** Region peers' last-known answers for tags: only ever used, by explicit choice, when no upstream can answer. */
+export interface PeerTagSource {
+  lastKnownTag(key: TagKey, options: { signal: AbortSignal }): Promise<TagRecord | undefined>
+}
+
 /** Tells the region that this node holds content (DHT provide); failures are logged, never fatal. */
 export interface ContentAnnouncer {
   announce(digest: string): void

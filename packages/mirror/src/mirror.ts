@@ -11,7 +11,10 @@ import type {
   Logger,
   ManifestDescriptor,
   MetadataStore,
+  PeerTagSource,
+  TagKey,
   TagList,
+  TagRecord,
   UpstreamSource,
 } from '@ferry/interfaces'
 import {
@@ -61,6 +64,11 @@ export interface MirrorComponents {
   /** Region peers, when P2P is on. */
   peerSource?: BlobSource
   announcer?: ContentAnnouncer
+  /**
+   * Offline mode: region peers' last-known tags, asked only when every upstream failed and this
+   * node has no record of its own (`p2p.offlineTags`). Unset: tags never come from peers.
+   */
+  peerTags?: PeerTagSource
   /** Called after content was committed, e.g. to enforce the store's quota. */
   onCommitted?: (info: BlobInfo) => void
 }
@@ -156,6 +164,16 @@ export class Mirror {
         )
         return { digest: known.digest, mediaType: known.mediaType, size: known.size, source: 'stale' }
       }
+      const fromPeers = route.peers ? await this.peerTag({ registry, repository, tag }) : undefined
+      if (fromPeers) {
+        metrics.staleTags.inc({ registry })
+        logger.warn(
+          { registry, repository, tag, digest: fromPeers.digest, confirmedAt: new Date(fromPeers.confirmedAt).toISOString() },
+          'no upstream answered; serving the digest a region peer last confirmed (offline tags)',
+        )
+        await metadata.putTag({ registry, repository, tag }, fromPeers)
+        return { digest: fromPeers.digest, mediaType: fromPeers.mediaType, size: fromPeers.size, source: 'peer-stale' }
+      }
       throw new UpstreamUnavailableError(`no upstream of ${registry} could resolve ${repository}:${tag}`, {
         cause: new AggregateError(failures),
         detail: { registry, repository, tag },
@@ -190,6 +208,17 @@ export class Mirror {
       })
     }
     throw new RepositoryNotFoundError(`repository ${repository} not found`, { detail: { registry, repository } })
+  }
+
+  private async peerTag(key: TagKey): Promise<TagRecord | undefined> {
+    const { peerTags, logger } = this.components
+    if (!peerTags) return undefined
+    try {
+      return await peerTags.lastKnownTag(key, { signal: AbortSignal.timeout(this.init.tagTimeoutMs) })
+    } catch (error) {
+      logger.warn({ err: error, ...key }, 'region peers could not be asked for the tag')
+      return undefined
+    }
   }
 
   /** A manifest by digest: local store, then peers, then upstreams; verified and kept. */

@@ -1,4 +1,4 @@
-import type { BlobSource, BlobStore, Clock, ContentAnnouncer, Logger } from '@ferry/interfaces'
+import type { BlobSource, BlobStore, Clock, ContentAnnouncer, Logger, TagKey, TagRecord } from '@ferry/interfaces'
 import { identify, type Identify } from '@libp2p/identify'
 import type { Connection, Libp2p } from '@libp2p/interface'
 import { kadDHT, type KadDHT, type SingleKadDHT } from '@libp2p/kad-dht'
@@ -89,7 +89,12 @@ export interface RegionNodeComponents {
    * fetch-through requests are answered 404 and the requester fetches from its own upstreams.
    */
   fetchThrough?: FetchThrough
+  /** This node's last-known tag records, answered to peers asking in offline mode (`p2p.offlineTags`). */
+  tagOf?: (key: TagKey) => Promise<TagRecord | undefined>
 }
+
+/** Peers asked at once for a last-known tag. */
+const TAG_PEERS_ASKED = 5
 
 export interface RegionStatus {
   peerId: string
@@ -154,6 +159,21 @@ export class RegionNode {
     this.penalties = parts.penalties
   }
 
+  /**
+   * The most recently confirmed answer connected peers remember for a tag (PeerTagSource): for
+   * offline mode only, when no upstream can answer. Peers are region members, but a tag from them
+   * is their word, not a digest check: the daemon uses it only where its operator chose to.
+   */
+  async lastKnownTag(key: TagKey, options: { signal: AbortSignal }): Promise<TagRecord | undefined> {
+    const members = (await connectedMembers(this.libp2p)).filter((member) => member.addresses.length > 0).slice(0, TAG_PEERS_ASKED)
+    const answers = await Promise.all(
+      members.map((member) => this.transferClient.lastKnownTag(member.peerId, member.addresses[0]!, key, options.signal)),
+    )
+    let newest: TagRecord | undefined
+    for (const answer of answers) if (answer && (!newest || answer.confirmedAt > newest.confirmedAt)) newest = answer
+    return newest
+  }
+
   static async start(components: RegionNodeComponents, config: RegionConfig): Promise<RegionNode> {
     validate(config)
     const { blobStore } = components
@@ -173,7 +193,7 @@ export class RegionNode {
     })
 
     const transferServer = await TransferServer.start(
-      { logger, blobStore, metrics, mediaTypeOf: components.mediaTypeOf, fetchThrough: components.fetchThrough },
+      { logger, blobStore, metrics, mediaTypeOf: components.mediaTypeOf, fetchThrough: components.fetchThrough, tagOf: components.tagOf },
       {
         host: config.transfer.host,
         port: config.transfer.port,

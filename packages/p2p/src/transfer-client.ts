@@ -1,9 +1,9 @@
 import type { PeerCertificate } from 'node:tls'
-import type { FetchedContent } from '@ferry/interfaces'
-import { AbortedError, FerryError, TimeoutError, UpstreamProtocolError, UpstreamUnavailableError } from '@ferry/oci'
+import type { FetchedContent, TagKey, TagRecord } from '@ferry/interfaces'
+import { AbortedError, FerryError, TimeoutError, UpstreamProtocolError, UpstreamUnavailableError, isDigest } from '@ferry/oci'
 import { Agent, request } from 'undici'
 import type { NodeCertificate } from './region-ca.js'
-import { BLOB_PATH_PREFIX, MEDIA_TYPE_HEADER, TRANSFER_CIPHER_SUITES, type FetchThroughTarget } from './transfer-server.js'
+import { BLOB_PATH_PREFIX, MEDIA_TYPE_HEADER, TAG_PATH, TRANSFER_CIPHER_SUITES, type FetchThroughTarget } from './transfer-server.js'
 
 /** Why a peer failed, as counted in `ferry_p2p_peer_errors_total{kind}` (see `metrics.ts`). */
 export type PeerErrorKind = 'connect' | 'tls' | 'timeout' | 'status' | 'protocol' | 'stream' | 'corrupt'
@@ -70,6 +70,24 @@ export class TransferClient {
 
   constructor(init: TransferClientInit) {
     this.init = init
+  }
+
+  /** Asks `peerId` for its last-known record of a tag; undefined when it has none or cannot answer. */
+  async lastKnownTag(peerId: string, baseUrl: string, key: TagKey, signal: AbortSignal): Promise<TagRecord | undefined> {
+    const query = new URLSearchParams({ registry: key.registry, repository: key.repository, tag: key.tag })
+    try {
+      const response = await request(`${baseUrl}${TAG_PATH}?${query}`, { dispatcher: this.agentFor(peerId, false), method: 'GET', signal })
+      if (response.statusCode !== 200) {
+        await response.body.dump().catch(() => undefined)
+        return undefined
+      }
+      const record = (await response.body.json()) as Partial<TagRecord>
+      if (typeof record.digest !== 'string' || !isDigest(record.digest)) return undefined
+      if (typeof record.mediaType !== 'string' || typeof record.size !== 'number' || typeof record.confirmedAt !== 'number') return undefined
+      return { digest: record.digest, mediaType: record.mediaType, size: record.size, confirmedAt: record.confirmedAt }
+    } catch {
+      return undefined
+    }
   }
 
   /**

@@ -5,7 +5,7 @@ import type { AddressInfo } from 'node:net'
 import { pipeline } from 'node:stream/promises'
 import type { Readable } from 'node:stream'
 import type { TLSSocket } from 'node:tls'
-import type { BlobStore, ContentKind, FetchedContent, FetchRequest, Logger } from '@ferry/interfaces'
+import type { BlobStore, ContentKind, FetchedContent, FetchRequest, Logger, TagKey, TagRecord } from '@ferry/interfaces'
 import {
   BlobNotFoundError,
   FerryError,
@@ -72,6 +72,12 @@ export const TRANSFER_CIPHER_SUITES = 'TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SH
  * resumes elsewhere from its offset. The receiver verifies the digest before committing.
  */
 export const BLOB_PATH_PREFIX = '/ferry/v1/blobs/'
+/**
+ * `GET /ferry/v1/tags?registry=<host>&repository=<name>&tag=<tag>`: this node's last-known answer
+ * of an upstream for a tag, `{digest, mediaType, size, confirmedAt}`, or 404. Asked only by nodes
+ * whose every upstream is down and whose operator turned on `p2p.offlineTags`.
+ */
+export const TAG_PATH = '/ferry/v1/tags'
 export const MEDIA_TYPE_HEADER = 'x-ferry-media-type'
 export const DIGEST_HEADER = 'x-ferry-digest'
 
@@ -97,6 +103,8 @@ export interface TransferServerComponents {
   metrics: RegionMetrics
   /** The media type to tell peers for a digest (manifests), from the daemon's metadata. */
   mediaTypeOf?: ((digest: string) => Promise<string | undefined>) | undefined
+  /** Last-known tag records for peers (offline tags); without it the tag path answers 404. */
+  tagOf?: ((key: TagKey) => Promise<TagRecord | undefined>) | undefined
   /** Fetch-through for peers; without it only committed blobs are served. */
   fetchThrough?: FetchThrough | undefined
 }
@@ -168,6 +176,7 @@ export class TransferServer {
     }
     const url = new URL(request.url ?? '', 'https://transfer.invalid')
     const path = url.pathname
+    if (path === TAG_PATH) return this.serveTag(url.searchParams, response)
     if (!path.startsWith(BLOB_PATH_PREFIX)) return this.refuse(response, 404, 'not_found', 'no such path')
     let digest: string
     try {
@@ -307,6 +316,21 @@ export class TransferServer {
     } finally {
       metrics.servedBytes.inc(sent)
     }
+  }
+
+  private async serveTag(query: URLSearchParams, response: ServerResponse): Promise<void> {
+    const registry = query.get('registry')
+    const repository = query.get('repository')
+    const tag = query.get('tag')
+    if (!registry || !repository || !tag || registry.length > 255 || repository.length > 255 || tag.length > 128) {
+      return this.refuse(response, 400, 'bad_request', 'registry, repository and tag are required')
+    }
+    const record = await this.components.tagOf?.({ registry, repository, tag })
+    if (!record) return this.refuse(response, 404, 'not_found', 'no record of this tag')
+    const body = JSON.stringify({ digest: record.digest, mediaType: record.mediaType, size: record.size, confirmedAt: record.confirmedAt })
+    this.components.metrics.servedRequests.inc({ result: 'tag' })
+    response.writeHead(200, { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) })
+    response.end(body)
   }
 
   private refuse(response: ServerResponse, status: number, reason: string, message: string): void {
