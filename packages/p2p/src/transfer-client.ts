@@ -3,7 +3,7 @@ import type { FetchedContent, TagKey, TagRecord } from '@ferry/interfaces'
 import { AbortedError, FerryError, TimeoutError, UpstreamProtocolError, UpstreamUnavailableError, isDigest } from '@ferry/oci'
 import { Agent, request } from 'undici'
 import type { NodeCertificate } from './region-ca.js'
-import { BLOB_PATH_PREFIX, MEDIA_TYPE_HEADER, TAG_PATH, TRANSFER_CIPHER_SUITES, type FetchThroughTarget } from './transfer-server.js'
+import { BLOB_PATH_PREFIX, IN_PROGRESS_HEADER, MEDIA_TYPE_HEADER, TAG_PATH, TRANSFER_CIPHER_SUITES, type FetchThroughTarget } from './transfer-server.js'
 
 /** Why a peer failed, as counted in `ferry_p2p_peer_errors_total{kind}` (see `metrics.ts`). */
 export type PeerErrorKind = 'connect' | 'tls' | 'timeout' | 'status' | 'protocol' | 'stream' | 'corrupt'
@@ -149,8 +149,13 @@ export class TransferClient {
       return fail('protocol', `ignored bytes=${offset}-`)
     }
     const mediaType = header(MEDIA_TYPE_HEADER)
-    // Peers' bytes reach clients only once verified: the pull chain has upstreams to fall back on.
-    return { outcome: 'ok', content: { size, offset, body, holdUntilVerified: true, ...(mediaType ? { mediaType } : {}) } }
+    // A committed copy comes fast from inside the region, and a lying peer is the risk: its bytes
+    // reach clients only once verified. An owner's in-progress download (marked by the owner)
+    // comes at the pace of its upstream link: holding that back could leave a client without a
+    // byte for minutes (containerd's CRI cancels a pull after 5 minutes without progress), so it
+    // streams like an upstream, last byte held until verified.
+    const holdUntilVerified = header(IN_PROGRESS_HEADER) !== '1'
+    return { outcome: 'ok', content: { size, offset, body, holdUntilVerified, ...(mediaType ? { mediaType } : {}) } }
   }
 
   async close(): Promise<void> {

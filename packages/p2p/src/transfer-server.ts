@@ -80,6 +80,12 @@ export const BLOB_PATH_PREFIX = '/ferry/v1/blobs/'
 export const TAG_PATH = '/ferry/v1/tags'
 export const MEDIA_TYPE_HEADER = 'x-ferry-media-type'
 export const DIGEST_HEADER = 'x-ferry-digest'
+/**
+ * Set on a fetch-through answer that streams this node's in-progress download (not a committed
+ * copy): it comes at the pace of an upstream link, so the receiver streams it on to its clients
+ * instead of holding it until verified.
+ */
+export const IN_PROGRESS_HEADER = 'x-ferry-in-progress'
 
 /** Where a fetch-through request says its content comes from (query of the wire format above). */
 export interface FetchThroughTarget {
@@ -258,6 +264,7 @@ export class TransferServer {
       throw new Error(`fetch-through answered from offset ${content.offset}, asked for ${offset}`)
     }
     const mediaType = content.mediaType ?? (await mediaTypeOf?.(digest))
+    response.setHeader(IN_PROGRESS_HEADER, '1')
     const result = await this.send(response, {
       peer,
       digest,
