@@ -41,7 +41,7 @@ export async function startDaemon(config: FerryConfig, options: DaemonOptions = 
   const metadata = await LevelMetadataStore.open(join(config.dataDir, 'metadata'))
 
   const metrics = new Registry()
-  collectDefaultMetrics({ register: metrics, prefix: 'ferry_process_' })
+  collectDefaultMetrics({ register: metrics, prefix: 'ferry_' })
   const mirrorMetrics = createMirrorMetrics(metrics)
   const upstreamMetrics = createUpstreamMetrics(metrics)
 

@@ -73,7 +73,7 @@ async function peakWhile(ferry: FerryProcess, work: () => Promise<void>): Promis
 
 async function rss(ferry: FerryProcess): Promise<number> {
   const text = await (await request(`${ferry.url}/metrics`)).body.text()
-  const line = text.split('\n').find((entry) => entry.startsWith('ferry_process_process_resident_memory_bytes '))
+  const line = text.split('\n').find((entry) => entry.startsWith('ferry_process_resident_memory_bytes '))
   if (!line) throw new Error('the daemon reports no resident memory')
   return Number(line.slice(line.lastIndexOf(' ') + 1))
 }
