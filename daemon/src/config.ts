@@ -70,6 +70,10 @@ const upstreamSchema = z
       .regex(/^[A-Za-z0-9][A-Za-z0-9._:-]*$/, 'expected letters, digits, ".", "_", ":" or "-"')
       .optional(),
     url: httpUrl,
+    repositoryPrefix: z
+      .string()
+      .regex(/^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$/, 'expected a repository path like dockerhub-proxy')
+      .optional(),
     auth: z
       .object({
         username: z.string().min(1),
@@ -171,6 +175,7 @@ export interface UpstreamSettings {
   timeouts: { connectMs: number; firstByteMs: number; idleMs: number }
   breaker: { failureThreshold: number; openMs: number }
   tls: { ca: string | undefined; insecureSkipVerify: boolean } | undefined
+  repositoryPrefix: string | undefined
 }
 
 export interface P2PSettings {
@@ -302,6 +307,7 @@ function finish(parsed: ParsedConfig, sources: ConfigSources): FerryConfig {
         timeouts: { connectMs: upstream.timeout.connect, firstByteMs: upstream.timeout.firstByte, idleMs: upstream.timeout.idle },
         breaker: { failureThreshold: upstream.breaker.failures, openMs: upstream.breaker.open },
         tls: upstream.tls ? { ca, insecureSkipVerify: upstream.tls.insecureSkipVerify } : undefined,
+        repositoryPrefix: upstream.repositoryPrefix,
       }
     })
     const names = new Set<string>()

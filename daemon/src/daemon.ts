@@ -59,6 +59,7 @@ export async function startDaemon(config: FerryConfig, options: DaemonOptions = 
           timeouts: settings.timeouts,
           breaker: settings.breaker,
           ...(settings.tls ? { tls: { ...(settings.tls.ca ? { ca: settings.tls.ca } : {}), insecureSkipVerify: settings.tls.insecureSkipVerify } } : {}),
+          ...(settings.repositoryPrefix ? { repositoryPrefix: settings.repositoryPrefix } : {}),
         },
       )
       upstreams.push(upstream)

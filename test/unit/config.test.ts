@@ -64,6 +64,7 @@ describe('config', () => {
       ['registries: { "bad host!": { upstreams: [{ url: "http://x" }] } }', /registries."bad host!": invalid registry host/],
       ['defaultRegistry: other.example\nregistries: { r.example: { upstreams: [{ url: "http://x" }] } }', /defaultRegistry: other.example is not one of/],
       ['listen: [', /not valid YAML/],
+      ['registries: { r.example: { upstreams: [{ url: "http://x", repositoryPrefix: "Bad/" }] } }', /upstreams\[0\]\.repositoryPrefix: expected a repository path/],
       ['proxy: { listen: 0.0.0.0:5051 }', /proxy\.listen: 0\.0\.0\.0 is not a loopback address/],
       ['p2p: { region: r1, pskFile: /missing }', /p2p\.pskFile: cannot read/],
       ['store: { maxSize: lots }', /store\.maxSize: expected a size/],

@@ -695,3 +695,23 @@ test('listTags passes n and last on and keeps the next-page Link as a path under
   assert.deepEqual(asked, ['/mirror/v2/library/alpine/tags/list?n=2&last=x'])
   assert.equal(await upstream.listTags('library/never', {}, { signal: AbortSignal.timeout(5000) }), undefined)
 })
+
+test('a repositoryPrefix (a Harbor proxy-cache project) is put before every repository, in paths and token scopes', async (t) => {
+  const scopes: string[] = []
+  const tokenServer = await startServer(t, (request, response) => {
+    scopes.push(String(request.url.searchParams.get('scope')))
+    response.writeHead(200, { 'content-type': 'application/json' })
+    response.end(JSON.stringify({ token: 'prefixed-token', expires_in: 300 }))
+  })
+  const registry = await startServer(
+    t,
+    registryHandler({ challenge: (request) => (request.headers.authorization ? undefined : `Bearer realm="${tokenServer.origin}/token",service="harbor"`) }),
+  )
+  const { upstream } = createClient(t, registry.origin, { repositoryPrefix: 'dockerhub-proxy', credentials: { username: 'robot', password: 'pw' } })
+  assert.deepEqual(await fetchBlob(upstream), blob)
+  assert.ok(await upstream.resolveTag('library/alpine', 'latest', { signal: neverAborted }))
+  const paths = registry.requests.map((request) => request.url.pathname)
+  assert.ok(paths.length > 0 && paths.every((path) => path.startsWith('/v2/dockerhub-proxy/library/alpine/')), paths.join(' '))
+  assert.deepEqual([...new Set(scopes)], ['repository:dockerhub-proxy/library/alpine:pull'])
+  assert.throws(() => createClient(t, registry.origin, { repositoryPrefix: 'Not/Valid' }), { name: 'InvalidNameError' })
+})

@@ -9,6 +9,11 @@ export interface UpstreamConfig {
   timeouts: UpstreamTimeouts
   breaker: CircuitBreakerConfig
   tls?: UpstreamTlsConfig
+  /**
+   * Prepended to every repository on this upstream, e.g. `dockerhub-proxy` for a Harbor
+   * proxy-cache project: `library/alpine` is asked for as `dockerhub-proxy/library/alpine`.
+   */
+  repositoryPrefix?: string
 }
 
 export interface UpstreamCredentials {

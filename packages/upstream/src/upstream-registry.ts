@@ -80,10 +80,13 @@ export class UpstreamRegistry implements UpstreamSource {
   private readonly authenticator: Authenticator
   private readonly breaker: CircuitBreaker
   private readonly shutdown = new AbortController()
+  private readonly repositoryPrefix: string | undefined
   private closed = false
 
   constructor(components: UpstreamComponents, config: UpstreamConfig) {
     this.upstream = resolveUpstreamConfig(config)
+    if (config.repositoryPrefix !== undefined) validateRepository(config.repositoryPrefix)
+    this.repositoryPrefix = config.repositoryPrefix
     const label = this.upstream.name
     this.name = `upstream:${label}`
     this.log = components.logger.child({ component: 'upstream', upstream: label })
@@ -117,15 +120,16 @@ export class UpstreamRegistry implements UpstreamSource {
    */
   async resolveTag(repository: string, tag: string, options: { signal: AbortSignal }): Promise<ManifestDescriptor | undefined> {
     validateRepository(repository)
+    const remote = this.remoteRepository(repository)
     if (!isTag(tag)) {
       throw new InvalidReferenceError(`invalid tag ${JSON.stringify(tag.slice(0, 140))}`, { detail: { reference: tag.slice(0, 140) } })
     }
     return this.operation('resolve_tag', options.signal, async () => {
       const response = await this.authorizedRequest({
         method: 'HEAD',
-        path: `/v2/${repository}/manifests/${tag}`,
+        path: `/v2/${remote}/manifests/${tag}`,
         headers: { accept: MANIFEST_ACCEPT },
-        scope: pullScope(repository),
+        scope: pullScope(remote),
         signal: options.signal,
       })
       if (response.statusCode === 404) {
@@ -137,7 +141,7 @@ export class UpstreamRegistry implements UpstreamSource {
       const described = this.describeHead(response.headers)
       if (described !== undefined) return described
       this.log.debug({ repository, tag }, 'HEAD answer lacks digest, media type or size; fetching the manifest')
-      const manifest = await this.getManifest(repository, tag, options.signal)
+      const manifest = await this.getManifest(remote, tag, options.signal)
       return manifest === undefined ? undefined : { digest: manifest.digest, mediaType: manifest.mediaType, size: manifest.bytes.byteLength }
     })
   }
@@ -151,7 +155,7 @@ export class UpstreamRegistry implements UpstreamSource {
     validateRepository(repository)
     const parsed = parseReference(reference)
     const canonical = parsed.kind === 'digest' ? parsed.digest : parsed.tag
-    return this.operation('fetch_manifest', options.signal, () => this.getManifest(repository, canonical, options.signal))
+    return this.operation('fetch_manifest', options.signal, () => this.getManifest(this.remoteRepository(repository), canonical, options.signal))
   }
 
   /**
@@ -171,9 +175,9 @@ export class UpstreamRegistry implements UpstreamSource {
       if (request.offset > 0) headers.range = `bytes=${request.offset}-`
       const response = await this.authorizedRequest({
         method: 'GET',
-        path: `/v2/${request.repository}/${request.kind === 'manifest' ? 'manifests' : 'blobs'}/${digest}`,
+        path: `/v2/${this.remoteRepository(request.repository)}/${request.kind === 'manifest' ? 'manifests' : 'blobs'}/${digest}`,
         headers,
-        scope: pullScope(request.repository),
+        scope: pullScope(this.remoteRepository(request.repository)),
         signal: request.signal,
       })
       if (response.statusCode === 404) {
@@ -205,9 +209,9 @@ export class UpstreamRegistry implements UpstreamSource {
     return this.operation('list_tags', options.signal, async () => {
       const response = await this.authorizedRequest({
         method: 'GET',
-        path: `/v2/${repository}/tags/list${search}`,
+        path: `/v2/${this.remoteRepository(repository)}/tags/list${search}`,
         headers: { accept: 'application/json' },
-        scope: pullScope(repository),
+        scope: pullScope(this.remoteRepository(repository)),
         signal: options.signal,
       })
       if (response.statusCode === 404) {
@@ -234,9 +238,12 @@ export class UpstreamRegistry implements UpstreamSource {
       if (next !== undefined) {
         const url = new URL(next, response.url)
         const prefix = this.upstream.basePath
-        nextPath = `${url.pathname.startsWith(prefix) ? url.pathname.slice(prefix.length) : url.pathname}${url.search}`
+        const path = url.pathname.startsWith(prefix) ? url.pathname.slice(prefix.length) : url.pathname
+        // Back in this mirror's names: without the upstream's repository prefix.
+        const own = this.repositoryPrefix ? path.replace(`/v2/${this.repositoryPrefix}/`, '/v2/') : path
+        nextPath = `${own}${url.search}`
       }
-      return { name: typeof document.name === 'string' ? document.name : repository, tags, next: nextPath }
+      return { name: repository, tags, next: nextPath }
     })
   }
 
@@ -247,6 +254,11 @@ export class UpstreamRegistry implements UpstreamSource {
       if (response.statusCode !== 200) throw await this.statusError(response, 'GET /v2/')
       await discardBody(response.body)
     })
+  }
+
+  /** The repository's name on this upstream: with the configured prefix (a Harbor proxy-cache project). */
+  private remoteRepository(repository: string): string {
+    return this.repositoryPrefix ? `${this.repositoryPrefix}/${repository}` : repository
   }
 
   /** Ends every request and body still in flight (they fail) and closes the connections. */
