@@ -139,15 +139,18 @@ export async function startDaemon(config: FerryConfig, options: DaemonOptions = 
       this.set(mirror.activeDownloads)
     },
   })
-  // Measuring the store walks it: do it at most every 30 s, whatever the scrape interval.
+  // Measuring the store walks it: at most every 30 s, for /metrics and /status alike.
   let storeBytes = { value: 0, measuredAt: -Infinity }
+  const storeUsage = async () => {
+    if (clock.now() - storeBytes.measuredAt > 30_000) storeBytes = { value: await blobStore.usage(), measuredAt: clock.now() }
+    return storeBytes.value
+  }
   new Gauge({
     name: 'ferry_store_bytes',
     help: 'Bytes of committed content in the local store (measured at most every 30 s)',
     registers: [metrics],
     async collect() {
-      if (clock.now() - storeBytes.measuredAt > 30_000) storeBytes = { value: await blobStore.usage(), measuredAt: clock.now() }
-      this.set(storeBytes.value)
+      this.set(await storeUsage())
     },
   })
   if (config.store.maxBytes !== undefined) {
@@ -178,7 +181,7 @@ export async function startDaemon(config: FerryConfig, options: DaemonOptions = 
       peers: registry.peers && region !== undefined,
       upstreams: registry.upstreams.map((upstream) => ({ name: upstream.name, url: upstream.url })),
     })),
-    store: { usageBytes: await blobStore.usage(), maxBytes: config.store.maxBytes ?? null },
+    store: { usageBytes: await storeUsage(), maxBytes: config.store.maxBytes ?? null },
     downloads: mirror.activeDownloads,
     p2p: region ? region.status() : null,
   }))
