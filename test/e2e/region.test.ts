@@ -11,8 +11,6 @@ import {
   skopeo,
   startContainerd,
   startFerry,
-  startRegistry,
-  startTokenIssuer,
   waitFor,
   writeHostsToml,
   type Containerd,
@@ -23,6 +21,7 @@ import {
   type TestScope,
 } from '../harness/index.js';
 import { corruptInPlace, createNetworkNamespace } from '../harness/index.js';
+import { PUSHER, ROBOT, startRegistries } from './topology.js';
 import {
   providesDone,
   startRegionNode,
@@ -45,9 +44,6 @@ import {
 // image of its own (own repository, own seed), so no test depends on another's blobs; the tests
 // that need extra daemons (an outsider, a region of two with a rate-limited member) start them.
 
-const PUSHER = { username: 'ci-pusher', password: 'pusher-secret' };
-const ROBOT = { username: 'robot$ferry-pull', password: 'robot-secret' };
-const TOKEN_SERVICE = 'ferry-e2e-region';
 const REGION = 'e2e-region-1';
 const NODE_COUNT = 5;
 const FERRY_USER_AGENT = 'ferry/';
@@ -80,18 +76,8 @@ let cleanup: (() => Promise<void>) | undefined;
 before(async () => {
   const scope = await createTestScope({ name: 'e2e-region', after: (hook) => (cleanup = hook) });
   const { dir, defer } = scope;
-  const tokenIssuer = await startTokenIssuer({
-    dir: dir.path,
-    service: TOKEN_SERVICE,
-    users: { [PUSHER.username]: PUSHER.password, [ROBOT.username]: ROBOT.password },
-    pushers: [PUSHER.username],
-  });
-  defer(() => tokenIssuer.stop());
-  const central = await startRegistry({ dir: dir.path, name: 'central', auth: 'token', tokenIssuer });
-  defer(() => central.stop());
-  // After central: the proxy learns its upstream's auth scheme once, at start-up.
-  const regional = await startRegistry({ dir: dir.path, name: 'regional', auth: 'none', proxy: { remoteurl: central.url, ...ROBOT } });
-  defer(() => regional.stop());
+  const { central, regional: regionalOrNone } = await startRegistries(scope);
+  const regional = regionalOrNone!;
   const containerd = await startContainerd({ dir: dir.path });
   defer(() => containerd.stop());
 

@@ -59,7 +59,11 @@ export interface TopologyOptions {
   containerd?: boolean;
 }
 
-export async function startTopology(scope: TestScope, options: TopologyOptions = {}): Promise<Topology> {
+/** The token issuer, central (token auth) and, unless turned off, regional (proxy mode) in front of it. */
+export async function startRegistries(
+  scope: TestScope,
+  options: { regional?: boolean } = {},
+): Promise<{ tokenIssuer: TokenIssuer; central: Registry; regional: Registry | undefined }> {
   const { dir, defer } = scope;
   const tokenIssuer = await startTokenIssuer({
     dir: dir.path,
@@ -77,6 +81,12 @@ export async function startTopology(scope: TestScope, options: TopologyOptions =
     regional = await startRegistry({ dir: dir.path, name: 'regional', auth: 'none', proxy: { remoteurl: central.url, ...ROBOT } });
     defer(() => regional!.stop());
   }
+  return { tokenIssuer, central, regional };
+}
+
+export async function startTopology(scope: TestScope, options: TopologyOptions = {}): Promise<Topology> {
+  const { dir, defer } = scope;
+  const { tokenIssuer, central, regional } = await startRegistries(scope, options);
 
   const ferry = await startFerry({
     dir: dir.path,

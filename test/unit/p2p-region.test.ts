@@ -11,6 +11,7 @@ import { pino } from 'pino'
 import { Registry } from 'prom-client'
 import { Agent, request as httpRequest } from 'undici'
 import { createTestScope, type TestScope } from '../harness/scope.js'
+import { loopbackRegionConfig } from './helpers/region-config.js'
 
 const REGION = 'test-region-1'
 const SECRET = randomBytes(32)
@@ -41,19 +42,7 @@ async function startNode(
   const node = await RegionNode.start(
     { logger, blobStore, metrics, ...(options.mediaTypeOf ? { mediaTypeOf: options.mediaTypeOf } : {}), ...(options.tagOf ? { tagOf: options.tagOf } : {}) },
     {
-      region: REGION,
-      secret: options.secret ?? SECRET,
-      listen: ['/ip4/127.0.0.1/tcp/0'],
-      bootstrap: options.bootstrap ?? [],
-      transfer: { host: '127.0.0.1', port: 0 },
-      identityDir: scope.dir.join(name, 'identity'),
-      lookupTimeoutMs: 300,
-      maxProviders: 5,
-      negativeCacheMs: 2_000,
-      penaltyMs: 60_000,
-      reprovideIntervalMs: 60_000,
-      maxTransfersPerPeer: 4,
-      bootstrapIntervalMs: 1_000,
+      ...loopbackRegionConfig(REGION, options.secret ?? SECRET, scope.dir.join(name, 'identity'), options.bootstrap ?? []),
       ...options.config,
     },
   )

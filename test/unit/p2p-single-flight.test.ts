@@ -12,6 +12,7 @@ import { Agent, request as httpRequest } from 'undici'
 import { createTestScope, type TestScope } from '../harness/scope.js'
 import { MemoryUpstream } from './helpers/memory-upstream.js'
 import { readAll } from './helpers/streams.js'
+import { loopbackRegionConfig } from './helpers/region-config.js'
 
 /**
  * Region-wide single flight: region nodes, each with a real Mirror over a memory store, all
@@ -51,21 +52,7 @@ async function startMirrorNode(
         return mirror.fetchThrough(request)
       },
     },
-    {
-      region: REGION,
-      secret: SECRET,
-      listen: ['/ip4/127.0.0.1/tcp/0'],
-      bootstrap: options.bootstrap ?? [],
-      transfer: { host: '127.0.0.1', port: 0 },
-      identityDir: scope.dir.join(name, 'identity'),
-      lookupTimeoutMs: 300,
-      maxProviders: 5,
-      negativeCacheMs: 2_000,
-      penaltyMs: 60_000,
-      reprovideIntervalMs: 60_000,
-      maxTransfersPerPeer: 4,
-      bootstrapIntervalMs: 1_000,
-    },
+    loopbackRegionConfig(REGION, SECRET, scope.dir.join(name, 'identity'), options.bootstrap ?? []),
   )
   scope.defer(() => node.stop())
   const routes = [
